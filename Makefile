@@ -1,0 +1,29 @@
+# zss-bench: the README's commands. Every target sets up first (idempotent, fast when done).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.zss-bench-setup
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup_env.sh scripts/install_detectron2.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_env.sh
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/zss-bench demo
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,mean,median,stddev,rounds -p no:randomly $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .benchmarks

@@ -1,0 +1,1 @@
+"""Shipped benchmark protocol YAML files (installed as package ``zss_bench.protocols``)."""

@@ -1,0 +1,210 @@
+"""The ``zss-bench`` command: a thin argparse front over the library (one verb, one function)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from zss_bench import __version__
+
+
+def _config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# --- protocols -----------------------------------------------------------------------------
+
+def cmd_protocols(args) -> int:
+    from tabulate import tabulate
+
+    from zss_bench.protocol import list_protocols, load_protocol
+
+    summaries = [load_protocol(name).summary() for name in list_protocols()]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    rows = [[s["name"], s["version"], s["dataset"], s["num_classes"], s["num_seen"], s["num_unseen"],
+             ", ".join(s["unseen"]), s["headline_convention"], s["hash"][:12]] for s in summaries]
+    print(tabulate(rows, headers=["protocol", "v", "dataset", "K", "seen", "unseen", "unseen classes",
+                                  "headline", "hash"], tablefmt="github"))
+    return 0
+
+
+# --- evaluate ------------------------------------------------------------------------------
+
+def cmd_evaluate(args) -> int:
+    from zss_bench.evaluation import evaluate_directories, score
+    from zss_bench.protocol import load_protocol
+    from zss_bench.records import collect_provenance, write_run
+
+    started = time.time()
+    protocol = load_protocol(args.protocol)
+    result = evaluate_directories(protocol, args.pred_dir, args.gt_dir, allow_missing=args.allow_missing,
+                                  progress=not args.json and not args.quiet)
+    metrics = score(result.cm, protocol, n_boot=args.n_boot, seed=args.seed)
+    for stem in result.extra[:5]:
+        print(f"warning: prediction {stem}.png has no ground truth in {result.gt_dir}; not scored", file=sys.stderr)
+    expected = protocol.image_sets.get(protocol.eval_split, {}).get("count")
+    if expected and expected != len(result.image_ids):
+        print(f"note: scored {len(result.image_ids)} images; protocol {protocol.name} expects "
+              f"{expected} in its '{protocol.eval_split}' split (a subset is not comparable to published numbers)",
+              file=sys.stderr)
+    if args.out:
+        config = {"source": "prediction-pngs", "label": args.label}
+        record = {
+            "kind": "evaluate",
+            "protocol": {"name": protocol.name, "version": protocol.version, "hash": protocol.content_hash},
+            "method": {"name": args.method, "label": args.label, "config": config,
+                       "config_hash": _config_hash(config)},
+            "inputs": {"pred_dir": str(result.pred_dir.resolve()), "gt_dir": str(result.gt_dir.resolve()),
+                       "n_images": len(result.image_ids), "missing_predictions": result.missing,
+                       "extra_predictions": len(result.extra)},
+            "metrics": metrics,
+            "provenance": collect_provenance(
+                seed=args.seed, bootstrap={"n_boot": args.n_boot, "seed": args.seed},
+                started=datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+                duration_s=round(time.time() - started, 3)),
+        }
+        run_dir = write_run(args.out, record, result.cm)
+        metrics = {**metrics, "run_dir": str(run_dir)}
+    if args.json:
+        out = {k: v for k, v in metrics.items() if k != "conventions"}
+        out["other_conventions"] = {c: {k: b[k] for k in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU")}
+                                    for c, b in metrics["conventions"].items() if c != metrics["convention"]}
+        out["n_images"] = len(result.image_ids)
+        print(json.dumps(out, indent=2))
+    else:
+        print(_summary_text(protocol, metrics, len(result.image_ids)))
+    return 0
+
+
+def _summary_text(protocol, metrics: dict, n_images: int) -> str:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    lines = [f"{protocol.name} v{protocol.version} ({protocol.short_hash}), {n_images} images"]
+    for conv, block in metrics["conventions"].items():
+        mark = " (headline)" if conv == metrics["convention"] else ""
+        ci = block.get("ci", {}).get("hIoU")
+        ci_txt = f"  hIoU 95% CI [{fmt(ci['low'])}, {fmt(ci['high'])}]" if ci else ""
+        lines.append(f"  {conv:<10}{mark:<11} S {fmt(block['mIoU_seen'])}  U {fmt(block['mIoU_unseen'])}  "
+                     f"hIoU {fmt(block['hIoU'])}  mIoU {fmt(block['mIoU'])}  pAcc {fmt(block['pAcc'])}{ci_txt}")
+    if "run_dir" in metrics:
+        lines.append(f"record: {metrics['run_dir']}")
+    return "\n".join(lines)
+
+
+# --- leaderboard / compare -----------------------------------------------------------------
+
+def _skip_printer(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def cmd_leaderboard(args) -> int:
+    from zss_bench.records import atomic_write_text
+    from zss_bench.tables import aggregate, collect_runs, render_leaderboard
+
+    if args.protocol:
+        from zss_bench.protocol import load_protocol
+
+        load_protocol(args.protocol)  # unknown name -> did-you-mean error
+    runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_skip_printer)
+    text = render_leaderboard(aggregate(runs), fmt=args.format, convention=args.convention)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out} ({len(runs)} runs)")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from zss_bench.records import resolve_run
+    from zss_bench.tables import compare_runs, render_comparison
+
+    a, b = resolve_run(args.run_a, args.results), resolve_run(args.run_b, args.results)
+    result = compare_runs(a, b, convention=args.convention, n_boot=args.n_boot, seed=args.seed)
+    print(json.dumps(result, indent=2) if args.json else render_comparison(result), end="\n")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from zss_bench.demo import run_demo
+
+    return run_demo(Path(args.out))
+
+
+# --- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zss-bench", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"zss-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("protocols", help="list the shipped protocols")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_protocols)
+
+    p = sub.add_parser("evaluate", help="score a folder of prediction PNGs against native annotations")
+    p.add_argument("--protocol", required=True, help="protocol name (see `zss-bench protocols`) or a .yaml path")
+    p.add_argument("--pred-dir", required=True, help="prediction PNGs: contiguous ids, 255 = no prediction")
+    p.add_argument("--gt-dir", required=True, help="the dataset's native annotation PNGs (palette PNGs read as indices)")
+    p.add_argument("--allow-missing", action="store_true", help="score images without a prediction as all-wrong")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (values in percent)")
+    p.add_argument("--out", metavar="RESULTS_DIR", help="write a run record under RESULTS_DIR/runs/<protocol>/<method>/<run-id>/")
+    p.add_argument("--method", default="external", help="method name for the record (default: external)")
+    p.add_argument("--label", default=None, help="config label shown in the leaderboard")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run that made the predictions; also seeds the bootstrap")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (0 = none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("leaderboard", help="mean ± std per method over the run records")
+    p.add_argument("--results", default="results", help="results root (default: results)")
+    p.add_argument("--protocol", help="only this protocol")
+    p.add_argument("--convention", choices=["mmseg", "detectron2"], help="absent-class convention (default: each protocol's headline)")
+    p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    p.add_argument("--out", metavar="FILE", help="write the table to FILE (atomically) instead of stdout")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("compare", help="paired bootstrap of two runs on the same images")
+    p.add_argument("run_a", metavar="RUN_A", help="run directory or run id")
+    p.add_argument("run_b", metavar="RUN_B", help="run directory or run id")
+    p.add_argument("--results", default="results", help="where to look up run ids (default: results)")
+    p.add_argument("--convention", choices=["mmseg", "detectron2"])
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="the end-to-end job on the embedded synthetic protocol")
+    p.add_argument("--out", default="build/demo", help="scratch folder for the demo (default: build/demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from zss_bench.data.masks import LabelFileError
+    from zss_bench.evaluation.pred_dir import EvaluationInputError
+    from zss_bench.protocol import ProtocolError
+    from zss_bench.records.store import RecordError
+    from zss_bench.registry import UnknownNameError
+
+    return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        print(f"zss-bench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Score a folder of prediction PNGs against a folder of native annotation PNGs.
+
+Predictions hold contiguous ids (255 = no prediction); ground truth holds the dataset's own
+native ids and is mapped through the protocol, so users can point ``--gt-dir`` straight at
+``SegmentationClassAug`` without converting anything.
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from zss_bench.data.masks import LabelFileError, read_label_png, to_contiguous
+from zss_bench.metrics import ConfusionMatrix
+from zss_bench.protocol import Protocol
+
+_SHOW_STEMS = 5
+
+
+class EvaluationInputError(ValueError):
+    """The prediction or ground-truth folders cannot be scored as given."""
+
+
+@dataclass
+class DirectoryEvaluation:
+    protocol: Protocol
+    cm: ConfusionMatrix
+    pred_dir: Path
+    gt_dir: Path
+    image_ids: list[str]
+    missing: list[str] = field(default_factory=list)  # GT stems scored as all-wrong (no prediction)
+    extra: list[str] = field(default_factory=list)  # prediction stems with no GT (not scored)
+
+
+def _pngs(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise EvaluationInputError(f"{what} folder {folder} does not exist or is not a directory")
+    files = {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()}
+    if not files:
+        raise EvaluationInputError(f"{what} folder {folder} contains no .png files")
+    return files
+
+
+def _stems(stems: list[str]) -> str:
+    shown = ", ".join(stems[:_SHOW_STEMS])
+    return shown + (f", ... ({len(stems)} in all)" if len(stems) > _SHOW_STEMS else "")
+
+
+def evaluate_directories(
+    protocol: Protocol,
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    *,
+    allow_missing: bool = False,
+    progress: bool = True,
+    workers: int = 4,
+) -> DirectoryEvaluation:
+    """Accumulate one confusion matrix over every ground-truth image in ``gt_dir``.
+
+    Images are matched by file stem. A ground-truth image without a prediction is an error
+    unless ``allow_missing``, in which case it is scored with no prediction at all (every
+    labelled pixel a miss). Errors name the offending file.
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    gts = _pngs(gt_dir, "ground-truth")
+    preds = _pngs(pred_dir, "prediction")
+    stems = sorted(gts)
+    missing = [s for s in stems if s not in preds]
+    extra = sorted(s for s in preds if s not in gts)
+    if missing and not allow_missing:
+        raise EvaluationInputError(
+            f"{len(missing)} ground-truth image(s) in {gt_dir} have no prediction in {pred_dir}: "
+            f"{_stems(missing)} (pass --allow-missing to score them as all-wrong)"
+        )
+    lut = protocol.native_lut()
+    cm = ConfusionMatrix(protocol.num_classes, ignore_index=protocol.ignore_label, track_images=True)
+
+    def load(stem: str) -> tuple[str, np.ndarray, np.ndarray]:
+        gt_path = gts[stem]
+        gt = to_contiguous(read_label_png(gt_path), lut, gt_path, what="ground-truth")
+        if stem in preds:
+            pred = read_label_png(preds[stem])
+            if pred.shape != gt.shape:
+                raise EvaluationInputError(
+                    f"{preds[stem]}: prediction size {pred.shape[1]}x{pred.shape[0]} (WxH) differs from "
+                    f"ground truth {gt_path} size {gt.shape[1]}x{gt.shape[0]}"
+                )
+        else:
+            pred = np.full(gt.shape, protocol.ignore_label, dtype=gt.dtype)
+        return stem, pred, gt
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        loaded = _bounded_map(pool, load, stems, window=4 * max(1, workers))
+        for stem, pred, gt in tqdm(loaded, total=len(stems), desc="evaluate", unit="img", disable=not progress):
+            try:
+                cm.update(pred, gt, image_ids=[stem])
+            except ValueError as exc:
+                where = preds.get(stem, gts[stem])
+                raise EvaluationInputError(f"{where}: {exc}") from None
+    return DirectoryEvaluation(protocol, cm, pred_dir, gt_dir, stems, missing, extra)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items, window: int):
+    """Ordered ``pool.map`` that keeps at most ``window`` decoded images in flight (bounded memory)."""
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+__all__ = ["DirectoryEvaluation", "EvaluationInputError", "LabelFileError", "evaluate_directories"]
