@@ -143,7 +143,7 @@ def test_ground_truth_id_outside_protocol_names_file(voc_folders, capsys):
     save_palette_png(voc_folders["gt_dir"] / f"{stem}.png", native)
     rc, out, err = _evaluate(capsys, voc_folders["gt_dir"], voc_folders["pred_dir"])
     assert rc == 2
-    assert f"{stem}.png: ground-truth label ids [21]" in err and "1-20" in err
+    assert f"{stem}.png: ground-truth label ids [21]" in err and "(allowed: 0-20, 255)" in err
 
 
 def test_prediction_id_outside_protocol_names_file(voc_folders, capsys):

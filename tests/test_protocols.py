@@ -372,7 +372,7 @@ BAD_CASES = [
     ("template-named-slot", _mutate(lambda r: r["prompts"].__setitem__("single", ["a {} {x}"])),
      "prompts.single[0]", "other braces"),
     ("duplicate-template", _mutate(lambda r: r["prompts"]["ensemble"].append("a photo of a {}.")),
-     "prompts.ensemble", "duplicate"),
+     "prompts.ensemble[10]", "duplicate"),
     ("empty-ensemble", _mutate(lambda r: r["prompts"].__setitem__("ensemble", [])),
      "prompts.ensemble", "non-empty"),
     ("bad-prompt-default", _mutate(lambda r: r["prompts"].__setitem__("default", "both")),

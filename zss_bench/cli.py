@@ -141,7 +141,9 @@ def cmd_demo(args) -> int:
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zss-bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="zss-bench",
+        description="Protocols, metrics and runners for inductive zero-shot semantic segmentation.")
     parser.add_argument("--version", action="version", version=f"zss-bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (values in percent)")
     p.add_argument("--out", metavar="RESULTS_DIR", help="write a run record under RESULTS_DIR/runs/<protocol>/<method>/<run-id>/")
     p.add_argument("--method", default="external", help="method name for the record (default: external)")
-    p.add_argument("--label", default=None, help="config label shown in the leaderboard")
+    p.add_argument("--label", default="predictions", help="config label shown in the leaderboard (default: predictions)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run that made the predictions; also seeds the bootstrap")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (0 = none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

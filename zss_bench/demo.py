@@ -97,7 +97,8 @@ def run_demo(out: Path) -> int:
                            "--method", method, "--seed", str(seed), "--out", str(results), "--quiet"])
             if rc:
                 return rc
-            first_runs.setdefault(method, next((results / "runs" / PROTOCOL / method).iterdir()))
+            if seed == 0:
+                first_runs[method] = next((results / "runs" / PROTOCOL / method).iterdir())
     print(f"\n$ zss-bench leaderboard --results {results}")
     cli_main(["leaderboard", "--results", str(results)])
     a, b = (first_runs[m] for m, _, _ in SIMULATED)

@@ -2,7 +2,7 @@
 
 Published zero-shot segmentation results differ in class lists, unseen splits, label
 index spaces, unseen-pixel handling and metric conventions (see
-``/work/shared/research/methods.md`` section 3). A protocol file names each of these
+``shared/research/methods.md`` section 3). A protocol file names each of these
 choices explicitly; this module validates such a file strictly (a typo must fail loudly,
 not silently change an experiment) and fingerprints its normalised content so every
 result can record exactly which protocol produced it.

@@ -61,11 +61,21 @@ def render_comparison(result: dict) -> str:
     for key, label in _ROWS:
         m = result["metrics"][key]
         rows.append([label, _f(m["a"]), _f(m["b"]), _f(m["delta"], signed=True),
-                     f"[{_f(m['low'], signed=True)}, {_f(m['high'], signed=True)}]", f"{m['p_value']:.4f}"])
+                     f"[{_f(m['low'], signed=True)}, {_f(m['high'], signed=True)}]",
+                     _p(m["p_value"], result["n_boot"])])
     head = (f"A = {result['method_a']} ({result['a']})\nB = {result['method_b']} ({result['b']})\n"
             f"protocol {result['protocol']}, {result['convention']} convention, paired bootstrap over images "
             f"({result['n_boot']} resamples, seed {result['seed']}); delta = B - A, in %\n")
-    return head + tabulate(rows, headers=["metric", "A", "B", "delta", "95% CI", "p"], tablefmt="github") + "\n"
+    table = tabulate(rows, headers=["metric", "A", "B", "delta", "95% CI", "p"], tablefmt="github",
+                     disable_numparse=True, colalign=("left", "right", "right", "right", "right", "right"))
+    return head + table + "\n"
+
+
+def _p(p, n_boot: int) -> str:
+    """A bootstrap p-value cannot resolve below 1/n_boot; say so instead of printing 0."""
+    if p is None or p != p:
+        return "n/a"
+    return f"< {1 / n_boot:.0e}" if p < 1 / n_boot else f"{p:.3f}"
 
 
 def _f(x, signed: bool = False) -> str:

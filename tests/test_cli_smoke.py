@@ -1,0 +1,51 @@
+"""The installed console script and the demo, end to end (tiny, in the default suite)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPECTED_UNSEEN = {
+    "voc-15-5": {"potted plant", "sheep", "sofa", "train", "tvmonitor"},
+    "coco-stuff-156-15": {"cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard",
+                          "clouds", "grass", "playingfield", "river", "road", "tree", "wall-concrete"},
+    "context-59-zs3": {"cow", "motorbike", "sofa", "cat", "boat", "fence", "bird", "tvmonitor", "keyboard", "aeroplane"},
+    "context-59-cascade": {"aeroplane", "bed", "bedclothes", "boat", "bottle", "car", "cloth", "cow", "keyboard",
+                           "plate"},
+}
+
+
+def _console_script() -> list[str]:
+    exe = Path(sys.executable).with_name("zss-bench")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "zss_bench.cli"]
+
+
+def test_protocols_json_via_console_script():
+    proc = subprocess.run([*_console_script(), "protocols", "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    listed = {p["name"]: p for p in json.loads(proc.stdout)}
+    assert set(listed) == set(EXPECTED_UNSEEN) | {"synth-15-5"}
+    for name, unseen in EXPECTED_UNSEEN.items():
+        assert set(listed[name]["unseen"]) == unseen, name
+    assert listed["coco-stuff-156-15"]["num_classes"] == 171 and listed["coco-stuff-156-15"]["num_seen"] == 156
+    assert listed["voc-15-5"]["num_classes"] == 20
+    assert all(listed[n]["num_classes"] == 59 for n in ("context-59-zs3", "context-59-cascade"))
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    from zss_bench.demo import run_demo
+
+    assert run_demo(tmp_path / "demo") == 0
+    out = capsys.readouterr().out
+    assert "SIMULATED" in out  # the demo says what it is
+    board = out[out.index("$ zss-bench leaderboard"):]
+    rows = {line.split("|")[1].strip(): line for line in board.splitlines() if line.startswith("| simulated")}
+    assert set(rows) == {"simulated-seen-only", "simulated-aligned"}
+    assert "|      3 |" in rows["simulated-aligned"]
+    assert "0.0 ± 0.0" in rows["simulated-seen-only"]  # a seen-only model scores no unseen IoU
+    runs = list((tmp_path / "demo" / "results" / "runs" / "synth-15-5").glob("*/*/record.json"))
+    assert len(runs) == 6
