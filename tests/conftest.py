@@ -108,3 +108,35 @@ def run_cli_json(capsys, *argv) -> dict:
     rc, out, err = run_cli(capsys, *argv)
     assert rc == 0, err
     return json.loads(out)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own zss-bench cache: tests never touch ~/.cache."""
+    cache = tmp_path_factory.mktemp("zss-cache")
+    monkeypatch.setenv("ZSS_BENCH_CACHE", str(cache))
+    return cache
+
+
+def save_jpeg(path: Path, height: int, width: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), mode="RGB").save(path, quality=90)
+
+
+def make_voc_layout(root: Path, train: dict[str, np.ndarray], val: dict[str, np.ndarray],
+                    train_list: str = "train_aug") -> Path:
+    """Write a VOC 2012 folder in the real layout: JPEGs, SegmentationClassAug (train),
+    SegmentationClass (val), ImageSets/Segmentation/{train_aug,val}.txt."""
+    base = root / "VOCdevkit" / "VOC2012"
+    for i, (stem, mask) in enumerate({**train, **val}.items()):
+        save_jpeg(base / "JPEGImages" / f"{stem}.jpg", *mask.shape, seed=i)
+    for stem, mask in train.items():
+        save_palette_png(base / "SegmentationClassAug" / f"{stem}.png", mask)
+    for stem, mask in val.items():
+        save_palette_png(base / "SegmentationClass" / f"{stem}.png", mask)
+    lists = base / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / f"{train_list}.txt").write_text("".join(f"{s}\n" for s in train))
+    (lists / "val.txt").write_text("".join(f"{s}\n" for s in val))
+    return base

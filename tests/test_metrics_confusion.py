@@ -328,6 +328,39 @@ def test_summary_shortcuts():
     assert cm.summary([0, 1], [2]).convention == "mmseg"
 
 
+@pytest.mark.parametrize(
+    "k,ign,dtype",
+    [(21, 255, torch.uint8), (171, 255, torch.int16), (171, 255, torch.int64), (21, 65535, torch.int32)],
+)
+@pytest.mark.parametrize("track", [True, False])
+def test_torch_device_path_on_cpu(monkeypatch, k, ign, dtype, track):
+    """The accelerator code path (torch.bincount, device accumulators), run on CPU tensors."""
+    monkeypatch.setattr(ConfusionMatrix, "_numpy_on_cpu", False)
+    pred, gt = random_maps(k, (3, 11, 13), seed=6, ign=ign)
+    cm = ConfusionMatrix(k, ignore_index=ign, track_images=track)
+    cm.update(torch.from_numpy(pred).to(dtype), torch.from_numpy(gt).to(dtype))
+    cm.update(pred[0], torch.from_numpy(gt[0]).to(dtype))  # numpy side converted to torch
+    assert set(cm._dev_acc) == {"cpu"}  # accumulated as a tensor until read
+    both_p, both_g = np.concatenate([pred, pred[:1]]), np.concatenate([gt, gt[:1]])
+    matrix, missed, *_ = reference(both_p, both_g, k, ign)
+    np.testing.assert_array_equal(cm.matrix, matrix)
+    np.testing.assert_array_equal(cm.missed, missed)
+    if track:
+        per = per_image_reference(both_p, both_g, k, ign)
+        for got, want in zip((cm.image_stats.inter, cm.image_stats.gt, cm.image_stats.pred), per):
+            np.testing.assert_array_equal(got, want)
+    before = _state(cm) if track else None
+    for bad, which in ((k + 1, "prediction"), (-1 if ign != -1 else k, "ground truth")):
+        p = torch.zeros(2, 3, dtype=torch.int64)
+        g = torch.zeros(2, 3, dtype=torch.int64)
+        (p if which == "prediction" else g)[1, 1] = bad
+        with pytest.raises(ValueError, match=rf"{which} holds invalid class ids \[{bad}\]"):
+            cm.update(p, g)
+    if track:
+        _assert_unchanged(cm, before)
+    np.testing.assert_array_equal(cm.matrix, matrix)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_accumulates_on_device():
     pred, gt = random_maps(171, (2, 32, 32), seed=2)
@@ -347,6 +380,7 @@ def test_cuda_accumulates_on_device():
 
 
 # ---------------------------------------------------------------- cross-check with detectron2
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_agrees_with_detectron2_evaluator(monkeypatch):
     """Same data through detectron2's SemSegEvaluator (if installed): same per-class IoU/pAcc."""
     pytest.importorskip("zss_bench.detectron2_compat", reason="detectron2 not installed")
@@ -363,7 +397,8 @@ def test_agrees_with_detectron2_evaluator(monkeypatch):
     MetadataCatalog.get(name).set(stuff_classes=[f"c{i}" for i in range(k)], ignore_label=IGN)
     try:
         for alias, typ in (("int", int), ("float", float), ("bool", bool)):
-            monkeypatch.setattr(np, alias, typ, raising=False)
+            if not hasattr(np, alias):  # numpy 2 has np.bool again (numpy.bool_): keep it
+                monkeypatch.setattr(np, alias, typ, raising=False)
         # feed the in-memory gt instead of reading PNGs through PathManager + PIL
         monkeypatch.setattr(d2eval, "PathManager", SimpleNamespace(open=lambda key, mode: nullcontext(key)))
         monkeypatch.setattr(d2eval, "Image", SimpleNamespace(open=lambda key: gt[int(key)]))

@@ -132,6 +132,55 @@ def cmd_compare(args) -> int:
     return 0
 
 
+# --- datasets ------------------------------------------------------------------------------
+
+def cmd_prepare(args) -> int:
+    from zss_bench.data.layouts import DEFAULT_PROTOCOL
+    from zss_bench.data.prepare import prepare_dataset
+    from zss_bench.protocol import load_protocol
+
+    protocol = load_protocol(args.protocol or DEFAULT_PROTOCOL[args.dataset])
+    report = prepare_dataset(args.dataset, args.root, protocol, report_only=args.report_only,
+                             workers=args.workers, progress=not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_prepare_text(report))
+    return 0 if report["ok"] else 1
+
+
+def _prepare_text(report: dict) -> str:
+    from tabulate import tabulate
+
+    lines = [f"{report['dataset']} at {report['root']} for {report['protocol']['name']} "
+             f"v{report['protocol']['version']} (unseen pixels: {report['unseen_pixel_policy']})"]
+    keys = ["images", "expected", "with_unseen", "empty_after_masking", "dropped_by_policy", "kept",
+            "empty_after_policy", "unseen_pixels_masked"]
+    rows = [[split] + [s.get(k, "") if s.get(k) is not None else "" for k in keys] for split, s in report["splits"].items()]
+    lines.append(tabulate(rows, headers=["split"] + keys, tablefmt="github"))
+    problems = report.get("problems", [])
+    for p in problems:
+        lines.append(f"{p['severity']}: {p['path']}: {p['message']}")
+    if "cache" in report:
+        lines.append(f"index and label views written to {report['cache']}")
+    elif problems:
+        lines.append(f"{sum(p['severity'] == 'error' for p in problems)} error(s); nothing written")
+    return "\n".join(lines)
+
+
+def cmd_synth_generate(args) -> int:
+    from zss_bench.data.synth import generate_world
+
+    summary = generate_world(Path(args.out), seed=args.seed, size=args.size, n_train=args.train, n_val=args.val,
+                             workers=args.workers, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"synthetic world ({summary.get('protocol', {}).get('name', 'synth-15-5')}) written to {args.out}: "
+              f"{args.train} train + {args.val} val images of {args.size}x{args.size}, seed {args.seed}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from zss_bench.demo import run_demo
 
@@ -183,6 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("prepare", help="check a dataset against a protocol, index it and build its label views")
+    p.add_argument("dataset", choices=["voc", "coco-stuff", "context", "synth"])
+    p.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS)")
+    p.add_argument("--protocol", help="protocol (default: voc-15-5, coco-stuff-156-15, context-59-zs3, synth-15-5)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--report-only", action="store_true", help="list every problem instead of stopping at the first; write nothing")
+    p.add_argument("--workers", type=int, default=4, help="parallel readers (default: 4)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("synth", help="the synthetic world behind synth-15-5")
+    synth = p.add_subparsers(dest="synth_command", required=True, metavar="SUBCOMMAND")
+    g = synth.add_parser("generate", help="write a VOC-style synthetic dataset")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
+    g.add_argument("--train", type=int, default=2000, help="training images (default: 2000)")
+    g.add_argument("--val", type=int, default=300, help="validation images (default: 300)")
+    g.add_argument("--workers", type=int, default=1)
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_synth_generate)
+
     p = sub.add_parser("demo", help="the end-to-end job on the embedded synthetic protocol")
     p.add_argument("--out", default="build/demo", help="scratch folder for the demo (default: build/demo)")
     p.set_defaults(func=cmd_demo)
@@ -190,13 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from zss_bench.data.inductive import LeakageError
+    from zss_bench.data.layouts import DatasetLayoutError
     from zss_bench.data.masks import LabelFileError
+    from zss_bench.data.prepare import PrepareError
     from zss_bench.evaluation.pred_dir import EvaluationInputError
     from zss_bench.protocol import ProtocolError
     from zss_bench.records.store import RecordError
     from zss_bench.registry import UnknownNameError
 
-    return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError)
+    return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
+            PrepareError, LeakageError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,6 @@ native ids and is mapped through the protocol, so users can point ``--gt-dir`` s
 """
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zss_bench.data.masks import LabelFileError, read_label_png, to_contiguous
+from zss_bench.data.parallel import bounded_map
 from zss_bench.metrics import ConfusionMatrix
 from zss_bench.protocol import Protocol
 
@@ -93,26 +92,14 @@ def evaluate_directories(
             pred = np.full(gt.shape, protocol.ignore_label, dtype=gt.dtype)
         return stem, pred, gt
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        loaded = _bounded_map(pool, load, stems, window=4 * max(1, workers))
-        for stem, pred, gt in tqdm(loaded, total=len(stems), desc="evaluate", unit="img", disable=not progress):
-            try:
-                cm.update(pred, gt, image_ids=[stem])
-            except ValueError as exc:
-                where = preds.get(stem, gts[stem])
-                raise EvaluationInputError(f"{where}: {exc}") from None
+    loaded = bounded_map(load, stems, workers=workers)
+    for stem, pred, gt in tqdm(loaded, total=len(stems), desc="evaluate", unit="img", disable=not progress):
+        try:
+            cm.update(pred, gt, image_ids=[stem])
+        except ValueError as exc:
+            where = preds.get(stem, gts[stem])
+            raise EvaluationInputError(f"{where}: {exc}") from None
     return DirectoryEvaluation(protocol, cm, pred_dir, gt_dir, stems, missing, extra)
-
-
-def _bounded_map(pool: ThreadPoolExecutor, fn, items, window: int):
-    """Ordered ``pool.map`` that keeps at most ``window`` decoded images in flight (bounded memory)."""
-    pending = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 __all__ = ["DirectoryEvaluation", "EvaluationInputError", "LabelFileError", "evaluate_directories"]

@@ -19,6 +19,7 @@ Design (measured; see ``benchmarks/test_bench_metrics.py``):
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -91,10 +92,14 @@ def _fits(dtype: np.dtype, size: int) -> bool:
 
 
 def _stats_from_block(block):
-    """(I, G, P) of one K x (K+1) block (numpy or torch)."""
-    k = block.shape[0]
-    sq = block[:, :k]
-    return sq.diagonal(), block.sum(1), sq.sum(0)
+    """(I, G, P) of (..., K, K+1) blocks (numpy or torch); fresh arrays, no views."""
+    k = block.shape[-2]
+    sq = block[..., :k]
+    if _is_tensor(block):
+        inter = _torch().diagonal(sq, dim1=-2, dim2=-1).clone()
+    else:
+        inter = np.diagonal(sq, axis1=-2, axis2=-1).copy()
+    return inter, block.sum(-1), sq.sum(-2)
 
 
 class ConfusionMatrix:
@@ -104,6 +109,10 @@ class ConfusionMatrix:
     prediction" and is counted in :attr:`missed` (a false negative of the ground-truth class).
     With ``track_images`` the per-image (I, G, P) vectors are kept for the bootstrap.
     """
+
+    # CPU tensors go through numpy (2x faster than torch.bincount); tests turn this off to run
+    # the accelerator code path on CPU tensors.
+    _numpy_on_cpu = True
 
     def __init__(self, num_classes: int, ignore_index: int = 255, track_images: bool = True):
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
@@ -148,28 +157,18 @@ class ConfusionMatrix:
         on_device = _is_tensor(pred)
         count = self._count_torch if on_device else self._count_np
         if self.track_images:
-            if pred.ndim == 2:
-                blocks = [count(pred, gt)]
-            else:
-                blocks = [count(pred[i], gt[i]) for i in range(batch)]
-            stats = [_stats_from_block(b) for b in blocks]
-            total = blocks[0]
-            for b in blocks[1:]:
-                total = total + b
-            if on_device:
-                torch = _torch()
-                part = tuple(torch.stack([s[j] for s in stats]) for j in range(3))
-            else:
-                part = tuple(np.stack([s[j] for s in stats]) for j in range(3))
+            blocks = count(pred if pred.ndim == 3 else pred[None], gt if gt.ndim == 3 else gt[None], True)
+            part = _stats_from_block(blocks)  # each (B, K)
+            total = blocks[0] if blocks.shape[0] == 1 else blocks.sum(0)
         else:
-            total = count(pred, gt)
+            total = count(pred, gt, False)
         # commit (nothing below can fail on valid state)
         if on_device:
             key = str(pred.device)
             if key in self._dev_acc:
                 self._dev_acc[key] += total
             else:
-                self._dev_acc[key] = total.clone()
+                self._dev_acc[key] = total
         else:
             self._acc += total
         self._num_images += batch
@@ -188,7 +187,7 @@ class ConfusionMatrix:
             device = pred.device if _is_tensor(pred) else gt.device
             if _is_tensor(pred) and _is_tensor(gt) and pred.device != gt.device:
                 raise ValueError(f"prediction is on {pred.device} but ground truth on {gt.device}")
-            if device.type == "cpu":  # numpy's bincount is faster on CPU; .numpy() is zero-copy
+            if device.type == "cpu" and self._numpy_on_cpu:  # faster; .numpy() is zero-copy
                 pred = pred.detach().numpy() if _is_tensor(pred) else np.asarray(pred)
                 gt = gt.detach().numpy() if _is_tensor(gt) else np.asarray(gt)
             else:
@@ -226,8 +225,11 @@ class ConfusionMatrix:
         )
 
     def _bad_values_np(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.int64, copy=False)
-        return np.unique(x[((x < 0) | (x >= self.num_classes)) & (x != self.ignore_index)])
+        # compare in the input dtype (numpy compares with Python ints exactly; a cast could wrap)
+        bad = x >= self.num_classes
+        if x.dtype.kind == "i":
+            bad |= x < 0
+        return np.unique(x[bad & (x != self.ignore_index)])
 
     def _check_range(self, pred: np.ndarray, gt: np.ndarray) -> None:
         """Dense path: ids must lie in [0, S) or they would alias other bins."""
@@ -237,13 +239,14 @@ class ConfusionMatrix:
                     raise self._invalid(name, self._bad_values_np(x))
 
     def _block_from_dense(self, c, n: int):
-        """K x (K+1) block from S x S counts; raises if any pixel had an invalid id."""
+        """(..., K, K+1) blocks from (..., S, S) counts; raises if any pixel had an invalid id."""
         k, ign = self.num_classes, self.ignore_index
-        cols = (c[:k, :k], c[:k, ign : ign + 1])
-        block = _torch().cat(cols, 1) if _is_tensor(c) else np.concatenate(cols, 1)
-        valid = block.sum() + c[ign, :k].sum() + c[ign, ign]
+        cols = (c[..., :k, :k], c[..., :k, ign : ign + 1])
+        block = _torch().cat(cols, -1) if _is_tensor(c) else np.concatenate(cols, -1)
+        valid = block.sum() + c[..., ign, :k].sum() + c[..., ign, ign].sum()
         if int(valid) != n:  # some ids in [K, S) other than ignore: the bins say which
             c = c.cpu().numpy() if _is_tensor(c) else c
+            c = c.reshape(-1, self._stride, self._stride).sum(0)
             bad = np.ones(self._stride, dtype=bool)
             bad[:k] = False
             bad[ign] = False
@@ -253,7 +256,17 @@ class ConfusionMatrix:
                     raise self._invalid(name, vals)
         return block
 
-    def _count_np(self, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    def _count_np(self, pred: np.ndarray, gt: np.ndarray, per_image: bool) -> np.ndarray:
+        """(K, K+1) counts, or (B, K, K+1) for (B, H, W) inputs when ``per_image``.
+
+        One bincount per image: a batched bincount would need a wider (slower) index.
+        """
+        if per_image:
+            if len(pred) == 1:  # the common single-image case: skip np.stack's copy
+                return self._count_np(pred[0], gt[0], False)[None]
+            k = self.num_classes
+            blocks = [self._count_np(p, g, False) for p, g in zip(pred, gt)]
+            return np.stack(blocks) if blocks else np.zeros((0, k, k + 1), np.int64)
         if not self._dense:
             return self._count_masked_np(pred, gt)
         self._check_range(pred, gt)
@@ -277,28 +290,39 @@ class ConfusionMatrix:
         p[p == ign] = k
         return np.bincount(g * (k + 1) + p, minlength=k * (k + 1)).reshape(k, k + 1)
 
-    def _count_torch(self, pred, gt):
-        """Same as the numpy path, with torch ops on the tensors' device."""
+    def _count_torch(self, pred, gt, per_image: bool):
+        """As ``_count_np`` with torch ops on the tensors' device.
+
+        Per-image counts come from one bincount over the batch (image b offset by b * bins),
+        so a batch costs one kernel and one host sync for validation.
+        """
         torch = _torch()
         k, ign, s = self.num_classes, self.ignore_index, self._stride
         both_u8 = pred.dtype == torch.uint8 and gt.dtype == torch.uint8
-        pred, gt = pred.long(), gt.long()
+        n_img = pred.shape[0] if per_image else 1
+        shape = (n_img, math.prod(pred.shape[1:]) if per_image else pred.numel())
+        pred, gt = pred.long().reshape(shape), gt.long().reshape(shape)
         if not self._dense:
             for name, x in (("prediction", pred), ("ground truth", gt)):
                 bad = ((x < 0) | (x >= k)) & (x != ign)
                 if bool(bad.any()):
                     raise self._invalid(name, torch.unique(x[bad]).tolist())
-            keep = gt != ign
-            g, p = gt[keep], pred[keep]
-            p = torch.where(p == ign, torch.full_like(p, k), p)
-            return torch.bincount(g * (k + 1) + p, minlength=k * (k + 1)).reshape(k, k + 1)
+            bins = k * (k + 1)
+            idx = gt * (k + 1) + torch.where(pred == ign, torch.full_like(pred, k), pred)
+            idx += torch.arange(n_img, device=idx.device)[:, None] * bins
+            c = torch.bincount(idx[gt != ign], minlength=n_img * bins)
+            c = c.reshape(n_img, k, k + 1)
+            return c if per_image else c[0]
         if not (both_u8 and s >= 256) and pred.numel():  # one sync for all four limits
             lims = torch.stack([pred.min(), pred.max(), gt.min(), gt.max()]).tolist()
             for name, x, lo, hi in (("prediction", pred, *lims[:2]), ("ground truth", gt, *lims[2:])):
                 if lo < 0 or hi >= s:
                     raise self._invalid(name, self._bad_values_np(x.cpu().numpy()))
-        c = torch.bincount((gt * s + pred).reshape(-1), minlength=s * s).reshape(s, s)
-        return self._block_from_dense(c, pred.numel())
+        idx = gt * s + pred
+        idx += torch.arange(n_img, device=idx.device)[:, None] * (s * s)
+        c = torch.bincount(idx.reshape(-1), minlength=n_img * s * s).reshape(n_img, s, s)
+        block = self._block_from_dense(c, pred.numel())
+        return block if per_image else block[0]
 
     # ------------------------------------------------------------------ reading
     def _cpu_acc(self) -> np.ndarray:
