@@ -44,7 +44,7 @@ def cmd_evaluate(args) -> int:
     started = time.time()
     protocol = load_protocol(args.protocol)
     result = evaluate_directories(protocol, args.pred_dir, args.gt_dir, allow_missing=args.allow_missing,
-                                  progress=not args.json and not args.quiet)
+                                  image_list=args.image_list, progress=not args.json and not args.quiet)
     metrics = score(result.cm, protocol, n_boot=args.n_boot, seed=args.seed)
     for stem in result.extra[:5]:
         print(f"warning: prediction {stem}.png has no ground truth in {result.gt_dir}; not scored", file=sys.stderr)
@@ -61,6 +61,7 @@ def cmd_evaluate(args) -> int:
             "method": {"name": args.method, "label": args.label, "config": config,
                        "config_hash": _config_hash(config)},
             "inputs": {"pred_dir": str(result.pred_dir.resolve()), "gt_dir": str(result.gt_dir.resolve()),
+                       "image_list": str(Path(args.image_list).resolve()) if args.image_list else None,
                        "n_images": len(result.image_ids), "missing_predictions": result.missing,
                        "extra_predictions": len(result.extra)},
             "metrics": metrics,
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", required=True, help="protocol name (see `zss-bench protocols`) or a .yaml path")
     p.add_argument("--pred-dir", required=True, help="prediction PNGs: contiguous ids, 255 = no prediction")
     p.add_argument("--gt-dir", required=True, help="the dataset's native annotation PNGs (palette PNGs read as indices)")
+    p.add_argument("--image-list", metavar="FILE", help="only score the stems listed in FILE (e.g. ImageSets/Segmentation/val.txt)")
     p.add_argument("--allow-missing", action="store_true", help="score images without a prediction as all-wrong")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (values in percent)")
     p.add_argument("--out", metavar="RESULTS_DIR", help="write a run record under RESULTS_DIR/runs/<protocol>/<method>/<run-id>/")
@@ -264,13 +266,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.data.layouts import DatasetLayoutError
     from zss_bench.data.masks import LabelFileError
     from zss_bench.data.prepare import PrepareError
+    from zss_bench.data.synth import SynthWorldError
     from zss_bench.evaluation.pred_dir import EvaluationInputError
     from zss_bench.protocol import ProtocolError
     from zss_bench.records.store import RecordError
     from zss_bench.registry import UnknownNameError
 
     return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
-            PrepareError, LeakageError)
+            PrepareError, LeakageError, SynthWorldError)
 
 
 def main(argv: list[str] | None = None) -> int:

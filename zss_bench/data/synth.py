@@ -42,6 +42,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 __all__ = [
     "COLOURS",
@@ -572,8 +573,7 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: int = 64, n_
 
     sizes = {"train": n_train, "val": n_val}
     objects_by_split: dict[str, list[list[dict]]] = {}
-    total = n_train + n_val
-    done = 0
+    bar = tqdm(total=n_train + n_val, desc="synth world", unit="img", disable=not progress)
     pool = None
     if workers > 1:
         # fork on Linux (works from notebooks, stdin and scripts alike; the workers only use
@@ -594,15 +594,12 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: int = 64, n_
             objs: list[list[dict]] = []
             for part in results:
                 objs.extend(part)
-                done += len(part)
-                if progress:
-                    print(f"\rsynth world: {done}/{total} images", end="", file=sys.stderr, flush=True)
+                bar.update(len(part))
             objects_by_split[split] = objs
     finally:
+        bar.close()
         if pool is not None:
             pool.shutdown()
-    if progress:
-        print(file=sys.stderr)
 
     stems = {s: [_stem(s, i, sizes[s]) for i in range(sizes[s])] for s in SPLITS}
     for split in SPLITS:

@@ -44,6 +44,20 @@ def _pngs(folder: Path, what: str) -> dict[str, Path]:
     return files
 
 
+def _restrict(gts: dict[str, Path], image_list: Path, gt_dir: Path) -> dict[str, Path]:
+    try:
+        listed = [line.split()[0] for line in image_list.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise EvaluationInputError(f"{image_list}: cannot read the image list ({exc.strerror})") from None
+    absent = [s for s in listed if s not in gts]
+    if absent:
+        raise EvaluationInputError(f"{image_list}: {len(absent)} listed image(s) have no ground truth in {gt_dir}: "
+                                   f"{_stems(absent)}")
+    if not listed:
+        raise EvaluationInputError(f"{image_list}: the image list is empty")
+    return {s: gts[s] for s in listed}
+
+
 def _stems(stems: list[str]) -> str:
     shown = ", ".join(stems[:_SHOW_STEMS])
     return shown + (f", ... ({len(stems)} in all)" if len(stems) > _SHOW_STEMS else "")
@@ -55,6 +69,7 @@ def evaluate_directories(
     gt_dir: str | Path,
     *,
     allow_missing: bool = False,
+    image_list: str | Path | None = None,
     progress: bool = True,
     workers: int = 4,
 ) -> DirectoryEvaluation:
@@ -62,10 +77,14 @@ def evaluate_directories(
 
     Images are matched by file stem. A ground-truth image without a prediction is an error
     unless ``allow_missing``, in which case it is scored with no prediction at all (every
-    labelled pixel a miss). Errors name the offending file.
+    labelled pixel a miss). ``image_list`` (a split file such as VOC's ``val.txt``) restricts
+    scoring to the listed stems, so ``--gt-dir`` can be a folder holding several splits.
+    Errors name the offending file.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     gts = _pngs(gt_dir, "ground-truth")
+    if image_list is not None:
+        gts = _restrict(gts, Path(image_list), gt_dir)
     preds = _pngs(pred_dir, "prediction")
     stems = sorted(gts)
     missing = [s for s in stems if s not in preds]
