@@ -1,0 +1,29 @@
+"""The built wheel: everything under zss_bench., data files included, no bare top-level modules."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "zss_bench").rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml packages: {sorted(found - listed)}"
+
+
+def test_wheel_maps_protocols_and_methods_under_zss_bench(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    wheel = next(tmp_path.glob("zss_bench-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert "protocols" not in tops and "methods" not in tops
+    assert {n for n in names if n.startswith("zss_bench/protocols/") and n.endswith(".yaml")} == {
+        f"zss_bench/protocols/{p.name}" for p in (REPO / "protocols").glob("*.yaml")}
+    assert "zss_bench/methods/__init__.py" in names
