@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_subpackage_is_listed_in_pyproject():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "zss_bench").rglob("__init__.py")}
+    found |= {"zss_bench.methods." + p.parent.name for p in (REPO / "methods").glob("*/__init__.py")}
     assert found <= listed, f"add to pyproject.toml packages: {sorted(found - listed)}"
 
 
@@ -27,3 +28,5 @@ def test_wheel_maps_protocols_and_methods_under_zss_bench(tmp_path):
     assert {n for n in names if n.startswith("zss_bench/protocols/") and n.endswith(".yaml")} == {
         f"zss_bench/protocols/{p.name}" for p in (REPO / "protocols").glob("*.yaml")}
     assert "zss_bench/methods/__init__.py" in names
+    assert "zss_bench/methods/_base/body-synth.yaml" in names
+    assert "zss_bench/methods/seen_only/configs/synth-15-5.yaml" in names

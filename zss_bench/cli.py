@@ -182,6 +182,43 @@ def cmd_synth_generate(args) -> int:
     return 0
 
 
+# --- run -----------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from zss_bench.engine.run import RunRequest, run_method
+
+    req = RunRequest(method=args.method, protocol=args.protocol, data_root=args.data_root, clip=args.clip or "",
+                     seed=args.seed, output_dir=args.output_dir, resume=args.resume, eval_only=args.eval_only,
+                     num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                     dist_url=args.dist_url, opts=args.opts, results_root=args.results, work_root=args.work_dir)
+    run_dir = run_method(req)
+    if args.machine_rank == 0:
+        from zss_bench.records import load_run
+
+        rec = load_run(run_dir).record
+        m = rec["metrics"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        print(f"{rec['method']['name']} [{rec['method']['label']}] on {rec['protocol']['name']} seed {args.seed}: "
+              f"S {fmt(m['mIoU_seen'])}  U {fmt(m['mIoU_unseen'])}  hIoU {fmt(m['hIoU'])}  mIoU {fmt(m['mIoU'])}  "
+              f"pAcc {fmt(m['pAcc'])} ({m['convention']})\nrecord: {run_dir}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from zss_bench.plugins import get_method, list_methods
+
+    rows = []
+    for name in list_methods():
+        plugin = get_method(name)
+        rows.append({"name": name, "description": plugin.description, "uses_clip": plugin.uses_clip})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<16} {r['description']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from zss_bench.demo import run_demo
 
@@ -255,6 +292,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_synth_generate)
 
+    p = sub.add_parser("run", help="train and evaluate a method on a protocol, write the run record")
+    p.add_argument("--method", required=True, help="method name (see `zss-bench methods`)")
+    p.add_argument("--protocol", required=True, help="protocol name or .yaml path")
+    p.add_argument("--data-root", help="dataset root (default: $DETECTRON2_DATASETS; synth-15-5: a cached generated world)")
+    p.add_argument("--clip", help="CLIP weights: NAME:TAG, NAME:/path/to/checkpoint or a local dir (default: per protocol)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", help="training outputs (default: work_dirs/<protocol>/<method>/<config-hash>-seed<S>)")
+    p.add_argument("--work-dir", default="work_dirs", help="root of default output dirs (default: work_dirs)")
+    p.add_argument("--results", default="results", help="results root for the run record (default: results)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the last checkpoint (or MODEL.WEIGHTS) only")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs; on CPU: gloo processes)")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0)
+    p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 for multi-machine runs")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. SOLVER.MAX_ITER 100")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("methods", help="list the method plugins")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+
     p = sub.add_parser("demo", help="the end-to-end job on the embedded synthetic protocol")
     p.add_argument("--out", default="build/demo", help="scratch folder for the demo (default: build/demo)")
     p.set_defaults(func=cmd_demo)
@@ -267,13 +326,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.data.masks import LabelFileError
     from zss_bench.data.prepare import PrepareError
     from zss_bench.data.synth import SynthWorldError
+    from zss_bench.engine.trainer import TrainingDiverged
     from zss_bench.evaluation.pred_dir import EvaluationInputError
     from zss_bench.protocol import ProtocolError
     from zss_bench.records.store import RecordError
     from zss_bench.registry import UnknownNameError
 
     return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
-            PrepareError, LeakageError, SynthWorldError)
+            PrepareError, LeakageError, SynthWorldError, TrainingDiverged)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import warnings
 
 __all__ = ["MissingDetectron2Op", "detectron2", "has_compiled_ops"]
 
@@ -85,6 +86,8 @@ def _install_missing_compiled_ops() -> bool:
 
 
 _install_pillow_aliases()
+# detectron2 0.6 scripts a few helpers at import; torch 2.14 warns about every one of them.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 _HAS_COMPILED_OPS = _install_missing_compiled_ops()
 
 import detectron2  # noqa: E402  (after the shims, by design)

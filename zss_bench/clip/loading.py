@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -90,7 +91,7 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     for key in sorted(state_dict):
         t = state_dict[key].detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -263,10 +264,23 @@ def _finish(model, preprocess, name: str, spec: str, config_name: str, weights_h
                       embed_dim=embed_dim, checkpoint=checkpoint)
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns "initialized randomly" before we load the weights ourselves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
 def _create(config_name: str, **kwargs):
     import open_clip
 
-    model, _, preprocess = open_clip.create_model_and_transforms(config_name, **kwargs)
+    root = logging.getLogger()
+    quiet = _DropRandomInitWarning()
+    root.addFilter(quiet)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(config_name, **kwargs)
+    finally:
+        root.removeFilter(quiet)
     return model, preprocess
 
 

@@ -1,0 +1,21 @@
+"""``seen-only``: the same body with a plain classifier over the seen classes, no CLIP.
+
+The reference point every ZSS method must beat on unseen classes: it cannot predict an
+unseen class at all (U = 0 by construction), so any unseen IoU a method reaches comes from
+its alignment with CLIP, not from the body or the training data.
+"""
+from pathlib import Path
+
+from zss_bench.methods.seen_only.config import add_seen_only_config
+from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
+from zss_bench.plugins import MethodPlugin
+
+METHOD = MethodPlugin(
+    name="seen-only",
+    add_config=add_seen_only_config,
+    config_dir=Path(__file__).parent / "configs",
+    description="body + seen-class classifier, no CLIP (lower bound on unseen)",
+    uses_clip=False,
+)
+
+__all__ = ["METHOD", "SeenOnlySeg", "add_seen_only_config"]

@@ -1,0 +1,225 @@
+"""``zss-bench run``: protocol -> dataset -> method -> train -> evaluate -> record.
+
+The parent process resolves everything that can fail cheaply (protocol, method, dataset
+prepared, config) and then launches 1..N worker processes (``engine.launch``); each worker
+registers the datasets, trains with ``ZSSTrainer``, evaluates with ``ZSSEvaluator`` and rank 0
+writes the run record. The leakage guard runs in every worker before evaluation starts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from zss_bench.protocol import Protocol, load_protocol
+
+logger = logging.getLogger("zss_bench.run")
+RECORD_POINTER = "record_dir.txt"
+SYNTH_WORLD = {"seed": 0, "size": 64, "n_train": 2000, "n_val": 300}
+
+
+@dataclass
+class RunRequest:
+    method: str
+    protocol: str
+    data_root: str | None = None
+    clip: str = ""
+    seed: int = 0
+    output_dir: str | None = None
+    resume: bool = False
+    eval_only: bool = False
+    num_gpus: int = 1
+    num_machines: int = 1
+    machine_rank: int = 0
+    dist_url: str = "auto"
+    opts: list[str] = field(default_factory=list)
+    results_root: str = "results"
+    work_root: str = "work_dirs"
+
+
+def default_synth_world() -> Path:
+    """The synth-15-5 world used when no --data-root is given: generated and prepared once, cached."""
+    from zss_bench.cache import cache_path
+    from zss_bench.data.synth import GENERATOR_VERSION, generate_world
+
+    w = SYNTH_WORLD
+    root = cache_path("synth-world", f"v{GENERATOR_VERSION}-seed{w['seed']}-{w['size']}px-{w['n_train']}-{w['n_val']}")
+    if not (root / "world.json").is_file() or json.loads((root / "world.json").read_text()).get("complete") is False:
+        generate_world(root, seed=w["seed"], size=w["size"], n_train=w["n_train"], n_val=w["n_val"])
+    return root
+
+
+def ensure_dataset(protocol: Protocol, data_root: str | None) -> Path:
+    """The dataset root for ``protocol``, prepared (synth: generated + prepared on demand)."""
+    from zss_bench.data.layouts import dataset_root
+    from zss_bench.data.prepare import PrepareError, load_index, prepare_dataset
+
+    if protocol.dataset == "synth" and not data_root:
+        root = default_synth_world()
+    else:
+        root = dataset_root(data_root)
+    try:
+        load_index(protocol, root)
+    except PrepareError:
+        if protocol.dataset != "synth":
+            raise
+        prepare_dataset("synth", root, protocol)
+    return root
+
+
+def _resolve(req: RunRequest):
+    from zss_bench.engine.config import build_run_config, config_hash
+    from zss_bench.plugins import get_method
+
+    protocol = load_protocol(req.protocol)
+    plugin = get_method(req.method)
+    root = ensure_dataset(protocol, req.data_root)
+    cfg = build_run_config(plugin, protocol, seed=req.seed, output_dir=req.output_dir or "", data_root=str(root),
+                           clip=req.clip, opts=req.opts)
+    if not req.output_dir:
+        out = Path(req.work_root) / protocol.name / plugin.name / f"{config_hash(cfg)[:10]}-seed{req.seed}"
+        cfg.defrost()
+        cfg.OUTPUT_DIR = str(out)
+        cfg.freeze()
+    return protocol, plugin, root, cfg
+
+
+def run_method(req: RunRequest) -> Path:
+    """Train and evaluate one (method, protocol, seed); return the run record's directory."""
+    from zss_bench.engine.launch import launch
+
+    protocol, plugin, root, cfg = _resolve(req)
+    out = Path(cfg.OUTPUT_DIR)
+    if not req.resume and not req.eval_only and out.exists():
+        for stale in [*out.glob("model_*.pth"), out / "last_checkpoint", out / "metrics.json", out / RECORD_POINTER]:
+            stale.unlink(missing_ok=True)  # a fresh run must not silently continue an old one
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RECORD_POINTER).unlink(missing_ok=True)
+    (out / "config.yaml").write_text(cfg.dump())
+    launch(_worker, req.num_gpus, num_machines=req.num_machines, machine_rank=req.machine_rank,
+           dist_url=req.dist_url, args=(asdict(req), str(root), cfg.OUTPUT_DIR))
+    pointer = out / RECORD_POINTER
+    if req.machine_rank != 0:
+        return out
+    if not pointer.is_file():
+        raise RuntimeError(f"run finished without writing a record (see the log in {out})")
+    return Path(pointer.read_text().strip())
+
+
+def _worker(req_dict: dict, root: str, output_dir: str) -> None:
+    """One process of a run (rank 0 writes the record)."""
+    import zss_bench.detectron2_compat  # noqa: F401
+    import torch
+    from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.logger import setup_logger
+
+    from zss_bench.data.d2_datasets import register_protocol
+    from zss_bench.engine.config import build_run_config, config_dict, config_hash
+    from zss_bench.engine.trainer import ZSSTrainer
+    from zss_bench.plugins import get_method
+
+    req = RunRequest(**req_dict)
+    protocol = load_protocol(req.protocol)
+    plugin = get_method(req.method)
+    cfg = build_run_config(plugin, protocol, seed=req.seed, output_dir=output_dir, data_root=root, clip=req.clip,
+                           opts=req.opts)
+    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="detectron2")
+    setup_logger(output_dir, distributed_rank=comm.get_rank(), name="zss_bench")
+    torch.set_num_threads(max(1, torch.get_num_threads() // max(1, comm.get_local_size())))
+    register_protocol(protocol, root)
+    seed_all_rng(cfg.SEED)
+    audit = _reset_text_audit()
+    started = time.time()
+    trainer = ZSSTrainer(cfg)
+    trainer.resume_or_load(resume=req.resume or req.eval_only)
+    resumed_from = trainer.start_iter
+    if not req.eval_only:
+        trainer.train()
+    train_time = time.time() - started
+    model = trainer.bare_model
+    leakage = _leakage_guard(protocol, audit, trainer)
+    cm = _evaluate(cfg, model, protocol)
+    if not comm.is_main_process():
+        return
+    from zss_bench.evaluation import score
+    from zss_bench.records import collect_provenance, write_run
+
+    history = trainer.storage.history("total_loss") if "total_loss" in trainer.storage.histories() else None
+    record = {
+        "kind": "run",
+        "protocol": {"name": protocol.name, "version": protocol.version, "hash": protocol.content_hash},
+        "method": {"name": plugin.name, "label": cfg.ZSS.LABEL, "config_hash": config_hash(cfg),
+                   "config": config_dict(cfg)},
+        "clip": getattr(model, "clip_record", lambda: None)(),
+        "training": {"max_iter": cfg.SOLVER.MAX_ITER, "resumed_from_iter": resumed_from, "eval_only": req.eval_only,
+                     "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "world_size": comm.get_world_size(),
+                     "final_total_loss": history.latest() if history else None, "train_time_s": round(train_time, 1),
+                     "output_dir": output_dir},
+        "leakage": leakage,
+        "dataset": {"root": root, "train_images": _train_size(cfg)},
+        "metrics": score(cm, protocol, n_boot=cfg.ZSS.N_BOOT, seed=cfg.SEED),
+        "provenance": collect_provenance(seed=cfg.SEED, started=_iso(started), duration_s=round(time.time() - started, 1),
+                                         world_size=comm.get_world_size(), device=cfg.MODEL.DEVICE),
+    }
+    run_dir = write_run(req.results_root, record, cm)
+    (Path(output_dir) / RECORD_POINTER).write_text(str(run_dir))
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def _train_size(cfg) -> int:
+    from detectron2.data import DatasetCatalog
+
+    return len(DatasetCatalog.get(cfg.DATASETS.TRAIN[0]))
+
+
+def _reset_text_audit():
+    try:
+        from zss_bench.clip.text_embeddings import text_encoder_audit
+    except ImportError:  # pragma: no cover - the CLIP layer is part of the package
+        return None
+    text_encoder_audit.reset()
+    return text_encoder_audit
+
+
+def _leakage_guard(protocol: Protocol, audit, trainer) -> dict:
+    """Fail the run if an unseen class name reached the text encoder before evaluation."""
+    from zss_bench.data.inductive import LeakageError
+
+    names = sorted(audit.names()) if audit is not None else []
+    leaked = audit.leaked(protocol.unseen_names) if audit is not None else []
+    if leaked:
+        raise LeakageError(
+            f"method {trainer.cfg.ZSS.METHOD} encoded unseen class name(s) {leaked} with the CLIP text encoder "
+            f"before evaluation; in inductive ZSS only seen names ({len(protocol.seen_names)}) may reach training"
+        )
+    return {"text_encoder_names_before_eval": names, "unseen_names_before_eval": leaked,
+            "training_targets_checked": trainer.mapper.targets_checked if trainer.cfg.DATALOADER.NUM_WORKERS == 0 else None,
+            "training_target_guard": "assert_seen_only on every training target; a violation aborts the run",
+            "train_view": _train_audit(trainer.cfg)}
+
+
+def _train_audit(cfg) -> dict:
+    from detectron2.data import MetadataCatalog
+
+    return dict(getattr(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]), "zss_leakage_audit", {}) or {})
+
+
+def _evaluate(cfg, model, protocol: Protocol):
+    from detectron2.data import build_detection_test_loader
+    from detectron2.evaluation import inference_on_dataset
+
+    from zss_bench.engine.evaluator import ZSSEvaluator
+
+    model.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
+    evaluator = ZSSEvaluator(cfg.DATASETS.TEST[0])
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+    inference_on_dataset(model, loader, evaluator)
+    return evaluator.cm

@@ -1,0 +1,129 @@
+"""detectron2's training loop, made CPU-friendly, resumable bit-for-bit and NaN-safe.
+
+``ZSSTrainer`` is detectron2's ``DefaultTrainer`` (SimpleTrainer, hooks, periodic
+checkpointer, ETA printer, JSON metrics) with four changes: the seeded data stream of
+``engine.data`` (rebuilt at the resumed iteration), DDP without ``device_ids`` on CPU (gloo),
+a per-iteration torch seed (so any randomness inside a model is reproducible across resumes),
+and a clear error plus a kept checkpoint when the loss turns NaN.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+
+import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.solver import build_lr_scheduler
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from zss_bench.engine.data import InductiveTrainMapper, build_train_loader
+
+logger = logging.getLogger("zss_bench.trainer")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where the last good weights are."""
+
+
+class _SeedEachStep(hooks.HookBase):
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def before_step(self):
+        torch.manual_seed(self.seed * 1_000_003 + self.trainer.iter)
+
+
+class ZSSTrainer(DefaultTrainer):
+    def __init__(self, cfg):  # noqa: D401  (mirrors DefaultTrainer.__init__; see module docstring)
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        self.mapper = InductiveTrainMapper(cfg)
+        data_loader = build_train_loader(cfg, self.mapper, start_iter=0)
+        if comm.get_world_size() > 1:
+            device_ids = [comm.get_local_rank()] if cfg.MODEL.DEVICE.startswith("cuda") else None
+            model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
+                                            find_unused_parameters=True)
+        self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @property
+    def bare_model(self):
+        model = self._trainer.model
+        return model.module if isinstance(model, DistributedDataParallel) else model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        params = get_default_optimizer_params(
+            model, base_lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM, bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS)
+        lr_mult = getattr(model, "lr_multipliers", lambda: {})()
+        if lr_mult:  # per-module LR multipliers a method asks for (e.g. a slower backbone)
+            names = {id(p): n for n, p in model.named_parameters()}
+            for group in params:
+                name = names[id(group["params"][0])]
+                for prefix, mult in lr_mult.items():
+                    if name.startswith(prefix):
+                        group["lr"] = group.get("lr", cfg.SOLVER.BASE_LR) * mult
+        name = cfg.SOLVER.OPTIMIZER.upper()
+        if name == "SGD":
+            opt = torch.optim.SGD(params, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
+        elif name == "ADAMW":
+            opt = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR)
+        else:
+            raise ValueError(f"unknown SOLVER.OPTIMIZER '{cfg.SOLVER.OPTIMIZER}' (SGD | ADAMW)")
+        return maybe_add_gradient_clipping(cfg, opt)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    def resume_or_load(self, resume: bool = True):
+        super().resume_or_load(resume=resume)
+        if self.start_iter:  # continue the data stream exactly where the checkpoint left it
+            loader = build_train_loader(self.cfg, self.mapper, start_iter=self.start_iter)
+            self._trainer.data_loader = loader
+            self._trainer._data_loader_iter = iter(loader)
+
+    def build_hooks(self):
+        ret = [hooks.IterationTimer(), _SeedEachStep(self.cfg.SEED), hooks.LRScheduler()]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+            writers = [CommonMetricPrinter(self.max_iter), JSONWriter(f"{self.cfg.OUTPUT_DIR}/metrics.json")]
+            ret.append(hooks.PeriodicWriter(writers, period=max(1, min(20, self.max_iter // 10 or 1))))
+        return ret
+
+    def train(self):
+        try:
+            return super().train()
+        except FloatingPointError as exc:
+            kept = None
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+            if comm.is_main_process():
+                # detectron2 checks the loss after backward() but before optimizer.step(), so
+                # the weights in memory are still the last finite ones. Keep `last_checkpoint`
+                # pointing at the periodic checkpoint so --resume does not skip the bad step.
+                kept = f"model_before_nan_iter_{self.iter:07d}"
+                self.checkpointer.save(kept)
+                if last:
+                    self.checkpointer.tag_last_checkpoint(os.path.basename(last))
+            raise TrainingDiverged(
+                f"training diverged: {str(exc).splitlines()[0]} Weights before that step were saved as "
+                f"{self.cfg.OUTPUT_DIR}/{kept}.pth; last periodic checkpoint: {last or 'none'}. "
+                f"Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS."
+            ) from exc

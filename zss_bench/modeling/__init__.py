@@ -1,0 +1,4 @@
+"""Building blocks shared by method plugins (the body, the segmentor plumbing).
+
+Importing this package imports detectron2 (through ``zss_bench.detectron2_compat``).
+"""
