@@ -56,11 +56,17 @@ def test_cache_reuse_does_not_train(trained, monkeypatch):
         toy.pretrain_toy_clip(progress=False, **{**MICRO, "seed": 1})
 
 
-def test_pretraining_eval_does_not_touch_the_global_audit(trained):
+def test_eval_audit(trained):
+    """Evaluation names every class; pretraining passes a private audit so runs stay clean."""
+    from zss_bench.clip.text_embeddings import TextEncoderAudit
+
+    clip = load_clip(f"zss-micro-vit:{trained['path']}")
     text_encoder_audit.reset()
-    toy.evaluate_toy_clip(load_clip(f"zss-micro-vit:{trained['path']}"), n_per_class=2,
-                          audit=toy.TextEncoderAudit() if hasattr(toy, "TextEncoderAudit") else None)
-    # evaluate_toy_clip with the default audit records all 20 names; pretraining uses a private one
+    private = TextEncoderAudit()
+    toy.evaluate_toy_clip(clip, n_per_class=2, audit=private)
+    assert len(private.names()) == 20 and text_encoder_audit.names() == set()
+    toy.evaluate_toy_clip(clip, n_per_class=2)
+    assert len(text_encoder_audit.names()) == 20
     text_encoder_audit.reset()
 
 

@@ -149,7 +149,8 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
     from zss_bench.evaluation import score
     from zss_bench.records import collect_provenance, write_run
 
-    history = trainer.storage.history("total_loss") if "total_loss" in trainer.storage.histories() else None
+    storage = getattr(trainer, "storage", None)  # absent with --eval-only (no training step ran)
+    history = storage.history("total_loss") if storage is not None and "total_loss" in storage.histories() else None
     record = {
         "kind": "run",
         "protocol": {"name": protocol.name, "version": protocol.version, "hash": protocol.content_hash},

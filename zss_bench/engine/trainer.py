@@ -93,6 +93,18 @@ class ZSSTrainer(DefaultTrainer):
     def build_lr_scheduler(cls, cfg, optimizer):
         return build_lr_scheduler(cfg, optimizer)
 
+    def state_dict(self):
+        # detectron2 0.6's DefaultTrainer does not checkpoint the optimizer (AdamW moments),
+        # so a resumed run would silently diverge from an uninterrupted one.
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume=resume)
         if self.start_iter:  # continue the data stream exactly where the checkpoint left it

@@ -1,0 +1,58 @@
+"""Small worlds, tiny run overrides and deliberately broken methods for the runner tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from zss_bench.methods.seen_only.config import add_seen_only_config
+from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
+from zss_bench.plugins import MethodPlugin
+
+# 32 px images, batch 4: a real run through every stage in a few seconds on 2 cores
+TINY = ["INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.MAX_SIZE_TRAIN", "32", "INPUT.MIN_SIZE_TEST", "32",
+        "INPUT.MAX_SIZE_TEST", "32", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "2", "ZSS.N_BOOT", "50"]
+
+
+def tiny(max_iter: int, checkpoint_period: int = 1000, *extra: str) -> list[str]:
+    return [*TINY, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period), *extra]
+
+
+@META_ARCH_REGISTRY.register()
+class LeakySeg(SeenOnlySeg):
+    """Breaks the inductive rule: looks up the *test* class names and 'encodes' them at init."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        from zss_bench.clip.text_embeddings import text_encoder_audit
+
+        all_names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).stuff_classes
+        text_encoder_audit.record(all_names, source="encoded", model="leaky")
+
+
+@META_ARCH_REGISTRY.register()
+class NaNSeg(SeenOnlySeg):
+    """Its loss turns NaN at the 4th step."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def train_losses(self, images, targets):
+        self.steps += 1
+        losses = super().train_losses(images, targets)
+        if int(self.steps) >= 4:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+
+def make_plugin(name: str, meta_arch: str) -> MethodPlugin:
+    def add_config(cfg):
+        add_seen_only_config(cfg)
+
+    plugin = MethodPlugin(name=name, add_config=add_config, config_dir=Path(__file__).parent / "method_configs",
+                          description="test-only", uses_clip=False)
+    return plugin, ["MODEL.META_ARCHITECTURE", meta_arch]

@@ -1,0 +1,161 @@
+"""`zss-bench run`: a tiny end-to-end run, resume after a kill, 2-process evaluation, guards."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from run_helpers import make_plugin, tiny
+from zss_bench.engine.run import RunRequest, run_method
+from zss_bench.metrics import ConfusionMatrix
+from zss_bench.records import load_run
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    from zss_bench.data.prepare import prepare_dataset
+    from zss_bench.data.synth import generate_world
+    from zss_bench.protocol import load_protocol
+
+    root = tmp_path_factory.mktemp("world")
+    generate_world(root, seed=1, size=32, n_train=48, n_val=16, progress=False)
+    os.environ.setdefault("ZSS_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    prepare_dataset("synth", root, load_protocol("synth-15-5"), progress=False)
+    return root
+
+
+@pytest.fixture
+def prepared(small_world, isolated_cache):
+    from zss_bench.data.prepare import prepare_dataset
+    from zss_bench.protocol import load_protocol
+
+    prepare_dataset("synth", small_world, load_protocol("synth-15-5"), progress=False)
+    return small_world
+
+
+def _request(world, tmp_path, **kw) -> RunRequest:
+    base = dict(method="seen-only", protocol="synth-15-5", data_root=str(world), results_root=str(tmp_path / "results"),
+                work_root=str(tmp_path / "work"), opts=tiny(6))
+    base.update(kw)
+    return RunRequest(**base)
+
+
+def test_tiny_end_to_end_run_writes_a_complete_record(prepared, tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "synth-15-5",
+                           "--data-root", str(prepared), "--results", str(tmp_path / "results"),
+                           "--work-dir", str(tmp_path / "work"), *tiny(6))
+    assert rc == 0, err
+    assert "seen-only [" in out and "U 0.00" in out
+    run_dir = Path(out.strip().splitlines()[-1].split("record: ")[1])
+    rec = load_run(run_dir).record
+    assert rec["kind"] == "run" and rec["protocol"]["name"] == "synth-15-5"
+    assert rec["method"]["config"]["SOLVER"]["MAX_ITER"] == 6 and rec["method"]["label"].startswith("MIN_SIZE_TRAIN")
+    assert rec["metrics"]["mIoU_unseen"] == 0.0  # the seen-only model cannot predict unseen classes
+    assert rec["training"]["final_total_loss"] is not None and rec["training"]["world_size"] == 1
+    leak = rec["leakage"]
+    assert leak["unseen_names_before_eval"] == [] and leak["training_targets_checked"] == 6 * 4
+    assert leak["train_view"]["unseen_pixels_masked"] > 0
+    assert rec["provenance"]["seed"] == 0 and rec["provenance"]["versions"]["torch"]
+    cm = ConfusionMatrix.load(run_dir / "confusion.npz")
+    assert cm.num_images == 16
+    assert Path(rec["training"]["output_dir"], "config.yaml").is_file()
+
+
+def test_unknown_method_suggests(prepared, tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "run", "--method", "seen-onyl", "--protocol", "synth-15-5",
+                           "--data-root", str(prepared))
+    assert rc == 2 and "did you mean 'seen-only'" in err
+
+
+def test_leaky_method_fails_the_run(prepared, tmp_path):
+    from zss_bench.data.inductive import LeakageError
+    from zss_bench.plugins import _RUNTIME, register_method
+
+    plugin, opts = make_plugin("leaky", "LeakySeg")
+    register_method(plugin)
+    try:
+        with pytest.raises(LeakageError, match=r"encoded unseen class name\(s\) \['blue star', 'blue triangle'"):
+            run_method(_request(prepared, tmp_path, method="leaky", opts=tiny(2, 1000, *opts)))
+    finally:
+        _RUNTIME.pop("leaky")
+    assert not (tmp_path / "results").exists()  # nothing recorded
+
+
+def test_nan_loss_gives_clear_error_and_keeps_weights(prepared, tmp_path):
+    from zss_bench.engine.trainer import TrainingDiverged
+    from zss_bench.plugins import _RUNTIME, register_method
+
+    plugin, opts = make_plugin("nan", "NaNSeg")
+    register_method(plugin)
+    out = tmp_path / "out"
+    try:
+        with pytest.raises(TrainingDiverged, match=r"iteration=3.*model_before_nan_iter_0000003\.pth.*model_0000001\.pth"):
+            run_method(_request(prepared, tmp_path, method="nan", output_dir=str(out), opts=tiny(10, 2, *opts)))
+    finally:
+        _RUNTIME.pop("nan")
+    assert (out / "model_before_nan_iter_0000003.pth").is_file()
+    assert (out / "last_checkpoint").read_text().strip() == "model_0000001.pth"
+
+
+def _record_core(run_dir: Path):
+    rec = load_run(run_dir).record
+    cm = ConfusionMatrix.load(run_dir / "confusion.npz")
+    return rec["metrics"], cm
+
+
+def test_resume_after_kill_equals_uninterrupted_run(prepared, tmp_path, isolated_cache):
+    common = ["--method", "seen-only", "--protocol", "synth-15-5", "--data-root", str(prepared), "--seed", "3",
+              "--results", str(tmp_path / "results")]
+    opts = tiny(24, 4)
+    exe = [sys.executable, "-m", "zss_bench.cli"]
+    env = {**os.environ, "ZSS_BENCH_CACHE": str(isolated_cache), "PYTHONUNBUFFERED": "1"}
+    full = subprocess.run([*exe, "run", *common, "--output-dir", str(tmp_path / "full"), *opts], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([*exe, "run", *common, "--output-dir", str(killed_dir), *opts], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed_dir / "model_0000007.pth").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed_dir / "model_final.pth").exists()
+    resumed = subprocess.run([*exe, "run", *common, "--output-dir", str(killed_dir), "--resume", *opts], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a_dir = Path(full.stdout.strip().splitlines()[-1].split("record: ")[1])
+    b_dir = Path(resumed.stdout.strip().splitlines()[-1].split("record: ")[1])
+    rec_b = load_run(b_dir).record
+    assert rec_b["training"]["resumed_from_iter"] >= 4  # a checkpoint at iteration 3 or 7 was loaded
+    (ma, cma), (mb, cmb) = _record_core(a_dir), _record_core(b_dir)
+    np.testing.assert_array_equal(cma.matrix, cmb.matrix)
+    assert json.dumps(ma, sort_keys=True) == json.dumps(mb, sort_keys=True)
+
+
+def test_two_gloo_processes_aggregate_like_one(prepared, tmp_path):
+    train_dir = tmp_path / "trained"
+    run_method(_request(prepared, tmp_path, output_dir=str(train_dir), opts=tiny(4, 1000)))
+    one = run_method(_request(prepared, tmp_path, output_dir=str(train_dir), eval_only=True, opts=tiny(4, 1000)))
+    two = run_method(_request(prepared, tmp_path, output_dir=str(train_dir), eval_only=True, num_gpus=2,
+                              opts=tiny(4, 1000)))
+    rec_two = load_run(two).record
+    assert rec_two["provenance"]["world_size"] == 2
+    (m1, cm1), (m2, cm2) = _record_core(one), _record_core(two)
+    np.testing.assert_array_equal(cm1.matrix, cm2.matrix)
+    s1, s2 = cm1.image_stats, cm2.image_stats
+    assert sorted(s1.ids) == sorted(s2.ids) and len(s2.ids) == 16
+    order = np.argsort(s2.ids)
+    np.testing.assert_array_equal(s1.inter[np.argsort(s1.ids)], s2.inter[order])
+    for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU", "per_class"):
+        assert m1[key] == m2[key]
