@@ -1,0 +1,45 @@
+"""``add_chimera_config``: every Chimera-Seg design choice is a key with a documented default.
+
+Only the paper's abstract is public, so the defaults below are ours; ``README.md`` in this
+folder says which choices come from the abstract and which are our reading of it.
+"""
+from detectron2.config import CfgNode as CN
+
+from zss_bench.modeling.body import add_body_config
+
+
+def add_chimera_config(cfg) -> None:
+    add_body_config(cfg)
+    c = cfg.MODEL.CHIMERA = CN()
+    c.PROMPTS = ""  # "" = the protocol's default prompt kind; or "single" | "ensemble"
+    c.LOGIT_TEMPERATURE = 0.07  # cosine logits are divided by this (SAM and inference)
+
+    c.CSH = CN()  # CLIP Semantic Head: adapter -> frozen last N CLIP blocks -> fixed ln_post + proj
+    c.CSH.ENABLED = True  # False: a plain trainable 1x1 projection to the joint space instead
+    c.CSH.NUM_BLOCKS = 1  # N: how many of CLIP's last residual blocks the head reuses (frozen)
+    c.CSH.TOKEN_NORM = "teacher_stats"  # teacher_stats | layernorm | none: how adapter tokens are normalised
+    c.CSH.CLS_TOKEN = "teacher"  # teacher | none: prepend the teacher's own entry-layer class token
+    c.CSH.TRAIN_LN = False  # let the LayerNorm affines of the copied blocks/ln_post train
+    c.CSH.ENTRY_ALIGN_WEIGHT = 1.0  # cosine loss between adapter tokens and the teacher's entry tokens
+    c.CSH.STATS_MOMENTUM = 0.01  # EMA momentum of the teacher entry-token statistics
+
+    c.SGD = CN()  # Selective Global Distillation
+    c.SGD.ENABLED = True
+    c.SGD.WEIGHT = 1.0
+    c.SGD.LOSS = "cosine"  # cosine | l1 | infonce
+    c.SGD.INFONCE_TEMPERATURE = 0.07
+    c.SGD.POOL = "mean"  # mean | weighted (softmax of similarity)
+    c.SGD.SCHEDULE = "linear"  # linear | cosine | step | fixed
+    c.SGD.START_FRACTION = 1.0  # fraction of dense positions kept at iteration 0
+    c.SGD.END_FRACTION = 0.1  # ... and at the last iteration (fixed: START_FRACTION throughout)
+    c.SGD.STEP_MILESTONES = (0.5, 0.75)  # 'step': fractions of training where the fraction drops
+    c.SGD.STEP_GAMMA = 0.5
+
+    c.SAM = CN()  # Semantic Alignment Module
+    c.SAM.ENABLED = True
+    c.SAM.WEIGHT = 1.0
+    c.SAM.AUX_WEIGHT = 0.0  # extra CE on the adapter tokens projected straight to the joint space
+
+    c.INFERENCE = CN()
+    c.INFERENCE.SEEN_CALIBRATION = 0.0  # gamma subtracted from seen-class cosine scores (0 = off; recorded)
+    c.BODY_LR_MULTIPLIER = 1.0

@@ -1,0 +1,134 @@
+"""The CLIP Semantic Head: body features -> CLIP's own last blocks -> CLIP's joint space.
+
+adapter (trainable 1x1 conv, body width -> CLIP width) -> token normalisation -> + CLIP's
+positional embedding (interpolated to the body's grid) -> [teacher's class token] -> the last
+N residual blocks of the CLIP image encoder (a frozen copy) -> CLIP's fixed ln_post + proj.
+``PlainProjection`` is the ablation without partial CLIP.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zss_bench.clip import PartialViT
+
+
+class CLIPSemanticHead(nn.Module):
+    def __init__(self, in_channels: int, vit: PartialViT, num_blocks: int, *, token_norm: str = "teacher_stats",
+                 cls_token: str = "teacher", train_ln: bool = False, stats_momentum: float = 0.01):
+        super().__init__()
+        if not 1 <= num_blocks <= vit.num_blocks:
+            raise ValueError(f"MODEL.CHIMERA.CSH.NUM_BLOCKS={num_blocks} but the CLIP has {vit.num_blocks} blocks")
+        if token_norm not in ("teacher_stats", "layernorm", "none"):
+            raise ValueError(f"unknown MODEL.CHIMERA.CSH.TOKEN_NORM '{token_norm}' (teacher_stats | layernorm | none)")
+        if cls_token not in ("teacher", "none"):
+            raise ValueError(f"unknown MODEL.CHIMERA.CSH.CLS_TOKEN '{cls_token}' (teacher | none)")
+        width = vit.width
+        self.entry_block = vit.num_blocks - num_blocks
+        self.adapter = nn.Conv2d(in_channels, width, 1)
+        self.token_norm, self.cls_token, self.momentum = token_norm, cls_token, stats_momentum
+        self.norm = nn.LayerNorm(width) if token_norm != "none" else nn.Identity()
+        # a private frozen copy: the teacher keeps the originals untouched even if LN affines train
+        self.blocks = copy.deepcopy(vit.blocks[self.entry_block:])
+        self.ln_post = copy.deepcopy(vit.ln_post)
+        self.register_buffer("proj", vit.proj.detach().clone(), persistent=True)
+        self.register_buffer("pos", vit.visual.positional_embedding.detach().clone(), persistent=True)
+        self.native_grid = vit.native_grid
+        self.seq_first = not getattr(vit.visual.transformer, "batch_first", True)
+        for p in [*self.blocks.parameters(), *self.ln_post.parameters()]:
+            p.requires_grad_(False)
+        if train_ln:
+            for m in [*self.blocks.modules(), self.ln_post]:
+                if isinstance(m, nn.LayerNorm):
+                    for p in m.parameters():
+                        p.requires_grad_(True)
+        if token_norm == "teacher_stats":  # EMA of the teacher's entry-token mean/std per channel
+            self.register_buffer("entry_mean", torch.zeros(width))
+            self.register_buffer("entry_std", torch.ones(width))
+            self.register_buffer("stats_ready", torch.zeros((), dtype=torch.bool))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.blocks.eval()  # frozen blocks never switch to train mode (no dropout, fixed behaviour)
+        return self
+
+    @torch.no_grad()
+    def update_stats(self, teacher_entry: torch.Tensor) -> None:
+        if self.token_norm != "teacher_stats":
+            return
+        tokens = teacher_entry[:, 1:].reshape(-1, teacher_entry.shape[-1]).float()
+        mean, std = tokens.mean(0), tokens.std(0).clamp_min(1e-4)
+        if not bool(self.stats_ready):
+            self.entry_mean.copy_(mean)
+            self.entry_std.copy_(std)
+            self.stats_ready.fill_(True)
+        else:
+            self.entry_mean.lerp_(mean, self.momentum)
+            self.entry_std.lerp_(std, self.momentum)
+
+    def entry_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) body features -> (B, h*w, width) tokens shaped like CLIP's entry tokens."""
+        x = self.adapter(features).flatten(2).transpose(1, 2)
+        x = self.norm(x)
+        if self.token_norm == "teacher_stats":
+            x = x * self.entry_std + self.entry_mean
+        return x
+
+    def _pos(self, grid) -> torch.Tensor:
+        from zss_bench.clip.partial import interpolate_pos_embed
+
+        return interpolate_pos_embed(self.pos, self.native_grid, grid)
+
+    def forward(self, features: torch.Tensor, teacher_entry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (joint-space dense features (B, D, h, w), entry tokens (B, h*w, width))."""
+        b, _, h, w = features.shape
+        tokens = self.entry_tokens(features)
+        pos = self._pos((h, w)).to(tokens.dtype)
+        x = tokens + pos[1:]
+        if self.cls_token == "teacher" and teacher_entry is not None:
+            x = torch.cat([teacher_entry[:, :1].to(x.dtype), x], dim=1)
+            n_cls = 1
+        else:
+            n_cls = 0
+        if self.seq_first:
+            x = x.transpose(0, 1)
+        for blk in self.blocks:
+            x = blk(x)
+        if self.seq_first:
+            x = x.transpose(0, 1)
+        z = self.ln_post(x[:, n_cls:]) @ self.proj
+        return z.transpose(1, 2).reshape(b, -1, h, w), tokens
+
+    def project_entry(self, tokens: torch.Tensor, grid) -> torch.Tensor:
+        """Entry tokens straight to the joint space (the optional auxiliary SAM term)."""
+        b = tokens.shape[0]
+        z = self.ln_post(tokens) @ self.proj
+        return z.transpose(1, 2).reshape(b, -1, *grid)
+
+
+class PlainProjection(nn.Module):
+    """Ablation 'CSH off': a trainable 1x1 projection from body features to the joint space."""
+
+    def __init__(self, in_channels: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(in_channels, embed_dim, 1))
+
+    def forward(self, features, teacher_entry=None):
+        return self.proj(features), None
+
+
+def entry_alignment_loss(tokens: torch.Tensor, grid, teacher_entry: torch.Tensor) -> torch.Tensor:
+    """Cosine distance between adapter tokens (pooled to the teacher's grid) and the teacher's
+    own patch tokens entering the same block: tells the adapter what the frozen blocks expect."""
+    b, n, c = tokens.shape
+    x = tokens.transpose(1, 2).reshape(b, c, *grid)
+    t = teacher_entry[:, 1:]
+    th = tw = int(round(t.shape[1] ** 0.5))
+    if th * tw != t.shape[1]:
+        raise ValueError("entry alignment needs a square teacher grid")
+    x = F.adaptive_avg_pool2d(x, (th, tw)).flatten(2).transpose(1, 2)
+    return (1 - F.cosine_similarity(x, t.to(x.dtype), dim=-1)).mean()

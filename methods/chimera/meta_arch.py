@@ -1,0 +1,114 @@
+"""Chimera-Seg as a detectron2 meta-architecture: body + CLIP Semantic Head, trained with
+SAM (text alignment on seen classes) + SGD (selective CLS distillation) (+ entry alignment)."""
+from __future__ import annotations
+
+import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+import torch
+import torch.nn.functional as F
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils.events import get_event_storage
+
+from zss_bench.methods.chimera.csh import CLIPSemanticHead, PlainProjection, entry_alignment_loss
+from zss_bench.methods.chimera.sgd import keep_fraction, selective_global_distillation
+from zss_bench.modeling.body import SegmentationBody
+from zss_bench.modeling.clip_support import ClipTeacher, TextClassifier, load_run_clip
+from zss_bench.modeling.segmentor import ZSSSegmentor
+from zss_bench.protocol import load_protocol
+
+
+@META_ARCH_REGISTRY.register()
+class ChimeraSeg(ZSSSegmentor):
+    def __init__(self, cfg):
+        body = SegmentationBody(cfg)
+        super().__init__(cfg, body.size_divisibility)
+        c = cfg.MODEL.CHIMERA
+        self.cfg_c, self.max_iter = c, cfg.SOLVER.MAX_ITER
+        device = torch.device(cfg.MODEL.DEVICE)
+        protocol = load_protocol(cfg.ZSS.PROTOCOL)
+        self.clip = load_run_clip(cfg.ZSS.CLIP, protocol, device)
+        self.body = body
+        n_blocks = c.CSH.NUM_BLOCKS if c.CSH.ENABLED else 1
+        self.teacher = ClipTeacher(self.clip, entry_block=len(self.clip.model.visual.transformer.resblocks) - n_blocks)
+        if c.CSH.ENABLED:
+            self.head = CLIPSemanticHead(body.out_channels, self.teacher.vit, c.CSH.NUM_BLOCKS,
+                                         token_norm=c.CSH.TOKEN_NORM, cls_token=c.CSH.CLS_TOKEN,
+                                         train_ln=c.CSH.TRAIN_LN, stats_momentum=c.CSH.STATS_MOMENTUM)
+        else:
+            self.head = PlainProjection(body.out_channels, self.clip.embed_dim)
+        # Training sees only what the training dataset exposes: the seen class names.
+        seen_names = list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).stuff_classes)
+        self.templates = protocol.templates(c.PROMPTS or None)
+        self.text = TextClassifier(self.clip, self.templates, seen_names)
+        self.logit_scale = 1.0 / c.LOGIT_TEMPERATURE
+        self.gamma = c.INFERENCE.SEEN_CALIBRATION
+        self.body_lr = c.BODY_LR_MULTIPLIER
+        self.to(device)
+
+    def lr_multipliers(self) -> dict:
+        return {"body.": self.body_lr} if self.body_lr != 1.0 else {}
+
+    def clip_record(self) -> dict:
+        return self.clip.record()
+
+    def set_eval_classes(self, class_names, seen_ids):
+        super().set_eval_classes(class_names, seen_ids)
+        self.text.set_classes(class_names)  # unseen names reach the text encoder only now
+
+    # --- shared forward -----------------------------------------------------------------------
+    def _rgb255(self, images: torch.Tensor) -> torch.Tensor:
+        return images * self.pixel_std + self.pixel_mean  # undo the body's normalisation
+
+    def _dense(self, images: torch.Tensor):
+        features = self.body(images)
+        teacher = self.teacher(self._rgb255(images))
+        if isinstance(self.head, CLIPSemanticHead) and self.training:
+            self.head.update_stats(teacher["entry"])
+        z, tokens = self.head(features, teacher["entry"])
+        return z, tokens, teacher, features.shape[-2:]
+
+    def train_losses(self, images, targets):
+        c = self.cfg_c
+        z, tokens, teacher, grid = self._dense(images)
+        losses = {}
+        if c.SAM.ENABLED:
+            logits = self.logit_scale * self.text(z)
+            logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+            losses["loss_sam"] = c.SAM.WEIGHT * F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
+            if c.SAM.AUX_WEIGHT > 0 and tokens is not None:
+                aux = self.logit_scale * self.text(self.head.project_entry(tokens, grid))
+                aux = F.interpolate(aux, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+                losses["loss_sam_aux"] = c.SAM.AUX_WEIGHT * F.cross_entropy(aux, targets, ignore_index=self.ignore_value)
+        if c.SGD.ENABLED:
+            progress = self._progress()
+            frac = keep_fraction(c.SGD.SCHEDULE, progress, c.SGD.START_FRACTION, c.SGD.END_FRACTION,
+                                 tuple(c.SGD.STEP_MILESTONES), c.SGD.STEP_GAMMA)
+            value, stats = selective_global_distillation(z, teacher["cls"], frac, loss=c.SGD.LOSS, pool=c.SGD.POOL,
+                                                         temperature=c.SGD.INFONCE_TEMPERATURE)
+            losses["loss_sgd"] = c.SGD.WEIGHT * value
+            self._put("sgd_fraction", frac)
+        if c.CSH.ENABLED and c.CSH.ENTRY_ALIGN_WEIGHT > 0:
+            losses["loss_entry"] = c.CSH.ENTRY_ALIGN_WEIGHT * entry_alignment_loss(tokens, grid, teacher["entry"])
+        if not losses:
+            raise ValueError("all Chimera-Seg losses are disabled (SAM, SGD and entry alignment)")
+        return losses
+
+    def _progress(self) -> float:
+        try:
+            return get_event_storage().iter / max(1, self.max_iter - 1)
+        except AssertionError:  # outside a trainer (unit tests)
+            return 0.0
+
+    @staticmethod
+    def _put(name, value):
+        try:
+            get_event_storage().put_scalar(name, value, smoothing_hint=False)
+        except AssertionError:
+            pass
+
+    def eval_scores(self, images):
+        z, _, _, _ = self._dense(images)
+        scores = self.text(z)
+        if self.gamma:
+            scores[:, self.eval_seen_ids] -= self.gamma
+        return self.logit_scale * scores
