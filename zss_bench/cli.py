@@ -219,6 +219,40 @@ def cmd_methods(args) -> int:
     return 0
 
 
+# --- toy CLIP ------------------------------------------------------------------------------
+
+def cmd_toy_pretrain(args) -> int:
+    from zss_bench.clip.toy import pretrain_toy_clip
+
+    overrides = {"steps": args.steps, "batch_size": args.batch_size}
+    path, info = pretrain_toy_clip(seed=args.seed, cache=not args.force, progress=not args.json,
+                                   **{k: v for k, v in overrides.items() if v is not None})
+    if args.json:
+        print(json.dumps({k: v for k, v in info.items() if k != "loss_curve"}, indent=2))
+    else:
+        ev = info.get("eval", {})
+        print(f"toy CLIP checkpoint: {path}\n  trained in {info.get('train_time_s', '?')} s, final loss "
+              f"{info.get('final_loss', '?')}; zero-shot accuracy overall {ev.get('overall', 'n/a')} / seen "
+              f"{ev.get('seen', 'n/a')} / unseen {ev.get('unseen', 'n/a')} %")
+    return 0
+
+
+def cmd_toy_eval(args) -> int:
+    from zss_bench.clip import load_clip
+    from zss_bench.clip.text_embeddings import TextEncoderAudit
+    from zss_bench.clip.toy import DEFAULT_MODEL, evaluate_toy_clip
+
+    clip = load_clip(args.clip or DEFAULT_MODEL)
+    result = evaluate_toy_clip(clip, protocol_name=args.protocol, n_per_class=args.n_per_class,
+                               prompt_kind=args.prompts, audit=TextEncoderAudit())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{clip.spec}: zero-shot accuracy on single-object {args.protocol} images ({result['n']} images): "
+              f"overall {result['overall']:.1f}%, seen {result['seen']:.1f}%, unseen {result['unseen']:.1f}%")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from zss_bench.demo import run_demo
 
@@ -310,6 +344,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. SOLVER.MAX_ITER 100")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("toy-clip", help="the tiny CLIP learned offline on the synthetic world")
+    toy = p.add_subparsers(dest="toy_command", required=True, metavar="SUBCOMMAND")
+    t = toy.add_parser("pretrain", help="train (or reuse from the cache) the toy CLIP")
+    t.add_argument("--world", choices=["synth"], default="synth", help="caption world (only synth exists)")
+    t.add_argument("--steps", type=int, help="training steps (default: the toy CLIP config's)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint matches")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_toy_pretrain)
+    t = toy.add_parser("eval", help="zero-shot classification of single-object synthetic images")
+    t.add_argument("--clip", help="CLIP spec (default: the pretrained toy CLIP)")
+    t.add_argument("--protocol", default="synth-15-5")
+    t.add_argument("--n-per-class", type=int, default=50)
+    t.add_argument("--prompts", choices=["single", "ensemble"], help="prompt kind (default: the protocol's)")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_toy_eval)
+
     p = sub.add_parser("methods", help="list the method plugins")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)
@@ -326,6 +378,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.data.masks import LabelFileError
     from zss_bench.data.prepare import PrepareError
     from zss_bench.data.synth import SynthWorldError
+    from zss_bench.clip.loading import ClipLoadError
     from zss_bench.engine.trainer import TrainingDiverged
     from zss_bench.evaluation.pred_dir import EvaluationInputError
     from zss_bench.protocol import ProtocolError
@@ -333,7 +386,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.registry import UnknownNameError
 
     return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
-            PrepareError, LeakageError, SynthWorldError, TrainingDiverged)
+            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError)
 
 
 def main(argv: list[str] | None = None) -> int:
