@@ -140,3 +140,20 @@ def make_voc_layout(root: Path, train: dict[str, np.ndarray], val: dict[str, np.
     (lists / f"{train_list}.txt").write_text("".join(f"{s}\n" for s in train))
     (lists / "val.txt").write_text("".join(f"{s}\n" for s in val))
     return base
+
+
+def stock_semantic_segmentor_cfg(num_classes: int):
+    """A stock detectron2 SemanticSegmentor config (R-18 FPN, CPU): what a detectron2 user has."""
+    import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_classes
+    return cfg

@@ -202,11 +202,11 @@ def test_tag_offline_flag_fails_fast(empty_weight_caches, monkeypatch):
             "(offline?); pass ViT-B-16:/path/to/checkpoint instead") in msg
 
 
-@pytest.mark.parametrize("target", [("127.0.0.1", 9), ("10.255.255.1", 443)],
-                         ids=["refused", "blackhole"])
-def test_tag_unreachable_hub_fails_fast(empty_weight_caches, monkeypatch, target):
+@pytest.mark.parametrize("url", ["https://127.0.0.1:9/", "https://10.255.255.1/"],
+                         ids=["refused", "blackhole-or-intercepted"])
+def test_tag_unreachable_hub_fails_fast(empty_weight_caches, monkeypatch, url):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(loading, "_probe_target", lambda cfg: target)
+    monkeypatch.setattr(loading, "_probe_url", lambda cfg: url)
     msg, elapsed = _offline_error("ViT-B-16:openai")
     assert elapsed < 15
     assert "not in the local cache" in msg and "unreachable" in msg

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
-from conftest import SHARED_VOC_MASKS, make_voc_layout, random_voc_native, run_cli, save_palette_png
+from conftest import (SHARED_VOC_MASKS, make_voc_layout, random_voc_native, run_cli, save_palette_png,
+                      stock_semantic_segmentor_cfg)
 from zss_bench.data.prepare import PrepareError, prepare_dataset
 from zss_bench.protocol import load_protocol
 
@@ -160,7 +161,6 @@ def test_mapper_guard_rejects_unseen_targets(voc_root):
 
 def test_stock_detectron2_loader_and_model_train_on_registered_dataset(voc_root):
     import torch
-    from detectron2.config import get_cfg
     from detectron2.data import build_detection_train_loader
     from detectron2.modeling import build_model
 
@@ -169,19 +169,11 @@ def test_stock_detectron2_loader_and_model_train_on_registered_dataset(voc_root)
     protocol = load_protocol("voc-15-5")
     prepare_dataset("voc", voc_root["root"], protocol, progress=False)
     register_protocol(protocol, voc_root["root"])
-    cfg = get_cfg()
+    cfg = stock_semantic_segmentor_cfg(num_classes=len(protocol.seen_ids))
     cfg.DATASETS.TRAIN = ("zss_voc-15-5_train",)
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.SOLVER.IMS_PER_BATCH = 2
     cfg.INPUT.MIN_SIZE_TRAIN = (40,)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = len(protocol.seen_ids)
     batch = next(iter(build_detection_train_loader(cfg)))  # the stock DatasetMapper
     for b in batch:
         assert set(b["sem_seg"].unique().tolist()) <= set(range(15)) | {255}

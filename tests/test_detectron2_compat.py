@@ -6,21 +6,13 @@ import pytest
 import torch
 
 import zss_bench.detectron2_compat as compat
+from conftest import stock_semantic_segmentor_cfg
 
 
 def test_semantic_segmentor_builds_and_runs_on_cpu():
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    cfg = get_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
+    cfg = stock_semantic_segmentor_cfg(num_classes=5)
     torch.manual_seed(0)
     model = build_model(cfg)
     batch = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
