@@ -159,3 +159,24 @@ def test_two_gloo_processes_aggregate_like_one(prepared, tmp_path):
     np.testing.assert_array_equal(s1.inter[np.argsort(s1.ids)], s2.inter[order])
     for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU", "per_class"):
         assert m1[key] == m2[key]
+
+
+def test_grid_runs_each_cell_once_and_skips_done_cells(prepared, tmp_path, isolated_cache, capsys):
+    from zss_bench.engine.grid import GridError, load_grid, run_grid
+    from zss_bench.tables import aggregate, collect_runs
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("protocol: synth-15-5\ncells:\n  - {method: seen-only, label: tiny, seeds: [0, 1]}\n")
+    assert [(c.method, c.seed, c.label) for c in load_grid(grid)[1]] == [("seen-only", 0, "tiny"), ("seen-only", 1, "tiny")]
+    args = dict(results=str(tmp_path / "results"), work_dir=str(tmp_path / "work"), extra=tiny(3),
+                data_root=str(prepared))
+    assert run_grid(grid, **args) == 0  # each cell is its own `zss-bench run` process
+    table = aggregate(collect_runs(tmp_path / "results", on_skip=lambda m: None))
+    assert list(table.runs) == [2] and list(table.config) == ["tiny"]
+    capsys.readouterr()
+    assert run_grid(grid, **args) == 0
+    assert capsys.readouterr().out.count("record exists, skipped") == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("protocol: synth-15-5\ncells:\n  - {seeds: [0]}\n")
+    with pytest.raises(GridError, match=r"cells\[0\] needs a 'method'"):
+        load_grid(bad)

@@ -204,6 +204,13 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> int:
+    from zss_bench.engine.grid import run_grid
+
+    return run_grid(args.grid, results=args.results, work_dir=args.work_dir, extra=args.opts, data_root=args.data_root,
+                    dry_run=args.dry_run)
+
+
 def cmd_methods(args) -> int:
     from zss_bench.plugins import get_method, list_methods
 
@@ -362,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_toy_eval)
 
+    p = sub.add_parser("grid", help="run every missing cell of a grid file, one process per cell")
+    p.add_argument("grid", help="grid YAML (see grids/)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--work-dir", default="work_dirs")
+    p.add_argument("--data-root", help="dataset root passed to every cell")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="overrides added to every cell")
+    p.set_defaults(func=cmd_grid)
+
     p = sub.add_parser("methods", help="list the method plugins")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)
@@ -379,6 +395,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.data.prepare import PrepareError
     from zss_bench.data.synth import SynthWorldError
     from zss_bench.clip.loading import ClipLoadError
+    from zss_bench.engine.grid import GridError
     from zss_bench.engine.trainer import TrainingDiverged
     from zss_bench.evaluation.pred_dir import EvaluationInputError
     from zss_bench.protocol import ProtocolError
@@ -386,7 +403,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.registry import UnknownNameError
 
     return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
-            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError)
+            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError)
 
 
 def main(argv: list[str] | None = None) -> int:
