@@ -24,8 +24,9 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -288,14 +289,15 @@ def _shape(t: Any) -> str:
     return "x".join(str(s) for s in getattr(t, "shape", ())) or "scalar"
 
 
-def _diagnose(model: torch.nn.Module, path: str) -> str:
-    """Short missing/unexpected/size-mismatch summary of a checkpoint against a model."""
-    import open_clip
+def _diagnose(model: torch.nn.Module, path: str) -> str | None:
+    """Short missing/unexpected/size-mismatch summary of a checkpoint against a model, or
+    None when the keys and shapes fit (or the file cannot be read as a state dict)."""
+    from open_clip.factory import load_state_dict
 
     try:
-        sd = open_clip.load_state_dict(path)
-    except Exception as exc:  # noqa: BLE001 - reported, not hidden
-        return f"its state dict could not be read ({type(exc).__name__}: {exc})"
+        sd = load_state_dict(path)
+    except Exception:  # noqa: BLE001 - the caller reports the original error
+        return None
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -312,20 +314,19 @@ def _diagnose(model: torch.nn.Module, path: str) -> str:
         parts.append(f"unexpected keys {brief(unexpected)}")
     if mismatch:
         parts.append(f"size mismatch {brief(mismatch)} (checkpoint vs model)")
-    return "; ".join(parts) or "the weights were rejected"
+    return "; ".join(parts) or None
 
 
 def _load_weights(model: torch.nn.Module, path: str, name: str) -> None:
+    """open_clip's loader (format conversions, position resizing), with readable errors."""
     import open_clip
 
     try:
         open_clip.load_checkpoint(model, path, strict=True)
-    except RuntimeError as exc:
-        if "Error(s) in loading state_dict" in str(exc) or "size mismatch" in str(exc):
-            raise ClipLoadError(f"checkpoint {path} does not fit model {name}: "
-                                f"{_diagnose(model, path)}") from None
-        raise ClipLoadError(f"could not load checkpoint {path} into {name}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - corrupt/foreign files raise many types
+        problem = _diagnose(model, path)
+        if problem:
+            raise ClipLoadError(f"checkpoint {path} does not fit model {name}: {problem}") from None
         raise ClipLoadError(f"could not read checkpoint {path} for {name}: "
                             f"{type(exc).__name__}: {exc}") from None
 
@@ -419,33 +420,32 @@ def _cached_tag_file(cfg: dict) -> str | None:
     return None
 
 
-def _probe_target(cfg: dict) -> tuple[str, int]:
-    """host:port a download of this tag would contact first (a proxy if one is configured)."""
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if proxy:
-        u = urlparse(proxy if "//" in proxy else f"http://{proxy}")
-        return u.hostname or "", u.port or 8080
+def _probe_url(cfg: dict) -> str:
+    """The first URL a download of this tag would fetch from (hub API or the direct URL)."""
     if cfg.get("hf_hub"):
         import huggingface_hub.constants as hfc
 
-        u = urlparse(os.environ.get("HF_ENDPOINT") or hfc.ENDPOINT)
-    else:
-        u = urlparse(cfg.get("url", ""))
-    return u.hostname or "", u.port or (443 if u.scheme != "http" else 80)
+        endpoint = os.environ.get("HF_ENDPOINT") or hfc.ENDPOINT
+        return f"{endpoint.rstrip('/')}/api/models/{os.path.split(cfg['hf_hub'])[0]}"
+    return cfg.get("url", "")
 
 
-def _reachable(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """TCP connect with a hard deadline (DNS included: it runs in a worker thread)."""
-    if not host:
+def _reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """One HEAD request (proxies honoured, TLS verified) under a hard deadline: DNS, connect
+    and handshake all run in a worker thread. Any HTTP answer, even an error, counts."""
+    if not url:
         return False
 
-    def connect() -> bool:
-        with socket.create_connection((host, port), timeout=timeout):
+    def attempt() -> bool:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+                return True
+        except urllib.error.HTTPError:
             return True
 
     pool = cf.ThreadPoolExecutor(max_workers=1)
     try:
-        return bool(pool.submit(connect).result(timeout=timeout + 0.5))
+        return bool(pool.submit(attempt).result(timeout=timeout + 1.0))
     except Exception:  # noqa: BLE001 - any failure means "not reachable"
         return False
     finally:
@@ -468,8 +468,7 @@ def _from_tag(name: str, tag: str, spec: str, device) -> LoadedClip:
 
     cfg = open_clip.get_pretrained_cfg(name, tag)
     force = {"force_quick_gelu": bool(cfg.get("quick_gelu", False)),
-             "force_preprocess_cfg": {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode")
-                                      if k in cfg}}
+             **{f"image_{k}": cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in cfg}}
     local = _cached_tag_file(cfg)
     if local is not None:
         model, preprocess = _create(name, **force)
@@ -479,9 +478,10 @@ def _from_tag(name: str, tag: str, spec: str, device) -> LoadedClip:
                    f"(offline?); pass {name}:/path/to/checkpoint instead")
     if _hub_offline():
         raise ClipLoadError(offline_msg + " (HF_HUB_OFFLINE is set)")
-    host, port = _probe_target(cfg)
-    if not _reachable(host, port):
-        raise ClipLoadError(offline_msg + f" ({host}:{port} unreachable within {PROBE_TIMEOUT_S:g} s)")
+    url = _probe_url(cfg)
+    if not _reachable(url):
+        raise ClipLoadError(offline_msg + f" ({urlparse(url).netloc or 'no download source'} "
+                            f"unreachable within {PROBE_TIMEOUT_S:g} s)")
     try:
         model, preprocess = _create(name, pretrained=tag)
     except Exception as exc:  # noqa: BLE001
