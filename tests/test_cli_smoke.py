@@ -39,13 +39,15 @@ def test_protocols_json_via_console_script():
 def test_demo_end_to_end(tmp_path, capsys):
     from zss_bench.demo import run_demo
 
-    assert run_demo(tmp_path / "demo") == 0
+    assert run_demo(tmp_path / "demo", quick=True) == 0
     out = capsys.readouterr().out
     assert "SIMULATED" in out  # the demo says what it is
     board = out[out.index("$ zss-bench leaderboard"):]
-    rows = {line.split("|")[1].strip(): line for line in board.splitlines() if line.startswith("| simulated")}
-    assert set(rows) == {"simulated-seen-only", "simulated-aligned"}
+    rows = {line.split("|")[1].strip(): line for line in board.splitlines()
+            if line.startswith("| simulated") or line.startswith("| seen-only")}
+    assert set(rows) == {"simulated-seen-only", "simulated-aligned", "seen-only"}
     assert "|      3 |" in rows["simulated-aligned"]
     assert "0.0 ± 0.0" in rows["simulated-seen-only"]  # a seen-only model scores no unseen IoU
+    assert "| 0.0 " in rows["seen-only"] and "demo-4it" in rows["seen-only"]  # the real baseline: U = 0
     runs = list((tmp_path / "demo" / "results" / "runs" / "synth-15-5").glob("*/*/record.json"))
-    assert len(runs) == 6
+    assert len(runs) == 7
