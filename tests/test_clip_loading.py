@@ -55,7 +55,7 @@ def test_random_is_frozen_seeded_and_recorded(micro):
     assert {"mean", "std", "interpolation", "resize_mode"} <= set(rec["preprocess_cfg"])
     json.dumps(rec)
     tokens = micro.tokenizer(["a red star"])
-    assert tokens.shape == (1, 16)
+    assert tokens.shape == (1, 24)
     assert micro.preprocess.transforms  # a torchvision Compose
 
 
@@ -108,7 +108,7 @@ def test_local_directory(micro, tmp_path, weights_name):
         _assert_same_weights(clip.model, sd)
         assert clip.preprocess_cfg["mean"] == [0.5, 0.5, 0.5]
         assert clip.weights_hash == loading.file_sha256(folder / weights_name)
-        assert clip.tokenizer(["a blue star"]).shape == (1, 16)
+        assert clip.tokenizer(["a blue star"]).shape == (1, 24)
 
 
 def test_local_directory_without_config(tmp_path):
