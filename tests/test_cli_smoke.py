@@ -37,17 +37,17 @@ def test_protocols_json_via_console_script():
 
 
 def test_demo_end_to_end(tmp_path, capsys):
+    """The demo's chain (world -> prepare -> chimera run -> record -> leaderboard) in quick mode."""
     from zss_bench.demo import run_demo
 
     assert run_demo(tmp_path / "demo", quick=True) == 0
     out = capsys.readouterr().out
-    assert "SIMULATED" in out  # the demo says what it is
+    assert "QUICK MODE" in out  # the demo says what it is
+    assert "$ zss-bench run --method chimera" in out
     board = out[out.index("$ zss-bench leaderboard"):]
-    rows = {line.split("|")[1].strip(): line for line in board.splitlines()
-            if line.startswith("| simulated") or line.startswith("| seen-only")}
-    assert set(rows) == {"simulated-seen-only", "simulated-aligned", "seen-only"}
-    assert "|      3 |" in rows["simulated-aligned"]
-    assert "0.0 ± 0.0" in rows["simulated-seen-only"]  # a seen-only model scores no unseen IoU
-    assert "| 0.0 " in rows["seen-only"] and "demo-4it" in rows["seen-only"]  # the real baseline: U = 0
+    rows = [line for line in board.splitlines() if line.startswith("| chimera")]
+    assert len(rows) == 1 and "demo-4it" in rows[0]
     runs = list((tmp_path / "demo" / "results" / "runs" / "synth-15-5").glob("*/*/record.json"))
-    assert len(runs) == 7
+    assert len(runs) == 1
+    record = json.loads(runs[0].read_text())
+    assert record["leakage"]["unseen_names_before_eval"] == []
