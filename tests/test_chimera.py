@@ -127,11 +127,13 @@ def world(tmp_path_factory):
 
 
 @pytest.mark.parametrize("opts,expected", [
-    ((), {"loss_sam", "loss_sgd", "loss_entry"}),
+    ((), {"loss_sam", "loss_sgd"}),
     (("MODEL.CHIMERA.CSH.ENABLED", "False"), {"loss_sam", "loss_sgd"}),
-    (("MODEL.CHIMERA.SGD.ENABLED", "False"), {"loss_sam", "loss_entry"}),
-    (("MODEL.CHIMERA.SAM.ENABLED", "False"), {"loss_sgd", "loss_entry"}),
-    (("MODEL.CHIMERA.SAM.AUX_WEIGHT", "0.5"), {"loss_sam", "loss_sam_aux", "loss_sgd", "loss_entry"}),
+    (("MODEL.CHIMERA.SGD.ENABLED", "False"), {"loss_sam"}),
+    (("MODEL.CHIMERA.SAM.ENABLED", "False"), {"loss_sgd"}),
+    (("MODEL.CHIMERA.SAM.AUX_WEIGHT", "0.5"), {"loss_sam", "loss_sam_aux", "loss_sgd"}),
+    (("MODEL.CHIMERA.CSH.ENTRY_ALIGN_WEIGHT", "1.0"), {"loss_sam", "loss_sgd", "loss_entry"}),
+    (("MODEL.CHIMERA.CSH.ENTRY_ALIGN_WEIGHT", "1.0", "MODEL.CHIMERA.CSH.ENABLED", "False"), {"loss_sam", "loss_sgd"}),
 ])
 def test_meta_arch_losses_follow_the_ablation_switches(tmp_path, world, opts, expected):
     from zss_bench.clip import text_encoder_audit

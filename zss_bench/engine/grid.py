@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from zss_bench.protocol import load_protocol
 from zss_bench.records.store import iter_runs
 
 
@@ -50,10 +51,11 @@ def load_grid(path: str | Path) -> tuple[str, list[Cell]]:
     return str(doc["protocol"]), cells
 
 
-def _done(results: str, protocol: str, cell: Cell) -> bool:
+def _done(results: str, protocol: str, protocol_hash: str, cell: Cell) -> bool:
     for run in iter_runs(results, on_skip=lambda m: None):
         rec = run.record
-        if (rec["protocol"]["name"] == protocol and rec["method"]["name"] == cell.method
+        if (rec["protocol"]["name"] == protocol and rec["protocol"].get("hash") == protocol_hash
+                and rec["method"]["name"] == cell.method
                 and rec["method"].get("label") == cell.label and rec.get("provenance", {}).get("seed") == cell.seed
                 and rec.get("kind") == "run"):
             return True
@@ -63,10 +65,11 @@ def _done(results: str, protocol: str, cell: Cell) -> bool:
 def run_grid(path: str | Path, *, results: str = "results", work_dir: str = "work_dirs", extra: list[str] | None = None,
              data_root: str | None = None, dry_run: bool = False) -> int:
     protocol, cells = load_grid(path)
+    protocol_hash = load_protocol(protocol).content_hash  # an edited protocol makes every cell due again
     failures = 0
     for i, cell in enumerate(cells, 1):
         tag = f"[{i}/{len(cells)}] {cell.method} [{cell.label}] seed {cell.seed}"
-        if _done(results, protocol, cell):
+        if _done(results, protocol, protocol_hash, cell):
             print(f"{tag}: record exists, skipped", flush=True)
             continue
         cmd = [sys.executable, "-m", "zss_bench.cli", "run", "--method", cell.method, "--protocol", protocol,
