@@ -176,3 +176,30 @@ def test_seen_calibration_lowers_seen_scores(tmp_path, world):
     diff = (base - calibrated) / model.logit_scale
     assert torch.allclose(diff[:, list(protocol.seen_ids)], torch.full_like(diff[:, list(protocol.seen_ids)], 0.1), atol=1e-5)
     assert torch.allclose(diff[:, list(protocol.unseen_ids)], torch.zeros_like(diff[:, list(protocol.unseen_ids)]), atol=1e-6)
+
+
+def test_image_prior_adds_clips_image_level_log_probabilities(tmp_path, world):
+    import torch.nn.functional as F
+
+    from zss_bench.data.prepare import prepare_dataset
+    from zss_bench.protocol import load_protocol
+
+    prepare_dataset("synth", world, load_protocol("synth-15-5"), progress=False)
+    model, protocol = _model(tmp_path, world)
+    model.eval()
+    model.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        base = model.eval_scores(images)
+        model.image_prior = 0.5
+        fused = model.eval_scores(images)
+        cls = model.teacher(model._rgb255(images))["cls"]
+    expected = 0.5 * F.log_softmax(model.logit_scale * F.normalize(cls, dim=-1) @ model.text.embeddings.t(), dim=1)
+    shift = fused - F.log_softmax(base, dim=1)  # the same per-image class offset at every pixel
+    assert torch.allclose(shift, expected[:, :, None, None].expand_as(shift), atol=1e-4)
+    with torch.no_grad():
+        model.image_prior = 1e4  # a dominant prior: every pixel takes CLIP's image-level class
+        dominated = model.eval_scores(images).argmax(1)
+    assert (dominated == expected.argmax(1)[:, None, None]).all()
+    with pytest.raises(ValueError, match="IMAGE_PRIOR must be >= 0"):
+        _model(tmp_path, world, "MODEL.CHIMERA.INFERENCE.IMAGE_PRIOR", "-1.0")

@@ -180,3 +180,33 @@ def test_grid_runs_each_cell_once_and_skips_done_cells(prepared, tmp_path, isola
     bad.write_text("protocol: synth-15-5\ncells:\n  - {seeds: [0]}\n")
     with pytest.raises(GridError, match=r"cells\[0\] needs a 'method'"):
         load_grid(bad)
+
+
+def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolated_cache, capsys):
+    from zss_bench.engine.grid import GridError, load_grid, run_grid
+    from zss_bench.records.store import iter_runs
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("protocol: synth-15-5\ncells:\n"
+                    "  - {method: seen-only, label: base, seeds: [0]}\n"
+                    "  - {method: seen-only, label: re-scored, eval_of: base, opts: [MODEL.SEM_SEG_HEAD.LOSS_WEIGHT, '2.0'], seeds: [0]}\n")
+    args = dict(results=str(tmp_path / "results"), work_dir=str(tmp_path / "work"), extra=tiny(3),
+                data_root=str(prepared))
+    assert run_grid(grid, **args) == 0
+    recs = {r.record["method"]["label"]: r.record for r in iter_runs(tmp_path / "results", on_skip=lambda m: None)}
+    base, again = recs["base"], recs["re-scored"]
+    assert again["training"]["eval_only"] and not base["training"]["eval_only"]
+    weights = Path(base["training"]["output_dir"]) / "model_final.pth"
+    assert again["method"]["config"]["MODEL"]["WEIGHTS"] == str(weights)
+    assert again["method"]["config"]["MODEL"]["SEM_SEG_HEAD"]["LOSS_WEIGHT"] == 2.0  # the cell's own opts apply
+    for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "per_class"):  # same weights, same inference
+        assert again["metrics"][key] == base["metrics"][key]
+    orphan = tmp_path / "orphan.yaml"
+    orphan.write_text("protocol: synth-15-5\ncells:\n  - {method: seen-only, label: x, eval_of: nothing, seeds: [0]}\n")
+    capsys.readouterr()
+    assert run_grid(orphan, **args) == 1
+    assert "no record of seen-only [nothing] seed 0 to re-evaluate" in capsys.readouterr().out
+    selfref = tmp_path / "self.yaml"
+    selfref.write_text("protocol: synth-15-5\ncells:\n  - {method: seen-only, label: x, eval_of: x}\n")
+    with pytest.raises(GridError, match="cannot be 'eval_of' its own label"):
+        load_grid(selfref)

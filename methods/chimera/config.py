@@ -44,4 +44,8 @@ def add_chimera_config(cfg) -> None:
 
     c.INFERENCE = CN()
     c.INFERENCE.SEEN_CALIBRATION = 0.0  # gamma subtracted from seen-class cosine scores (0 = off; recorded)
+    # lambda: add lambda * log p_CLIP(class | whole image) (the teacher's zero-shot image
+    # classification, at the same temperature) to every pixel's log-probabilities. Ours, not the
+    # abstract's; 0 = off (the method as specified). Test-time only: nothing about it trains.
+    c.INFERENCE.IMAGE_PRIOR = 0.0
     c.BODY_LR_MULTIPLIER = 1.0

@@ -42,6 +42,9 @@ class ChimeraSeg(ZSSSegmentor):
         self.text = TextClassifier(self.clip, self.templates, seen_names)
         self.logit_scale = 1.0 / c.LOGIT_TEMPERATURE
         self.gamma = c.INFERENCE.SEEN_CALIBRATION
+        self.image_prior = c.INFERENCE.IMAGE_PRIOR
+        if self.image_prior < 0:
+            raise ValueError(f"MODEL.CHIMERA.INFERENCE.IMAGE_PRIOR must be >= 0, got {self.image_prior}")
         self.body_lr = c.BODY_LR_MULTIPLIER
         self.to(device)
 
@@ -107,8 +110,14 @@ class ChimeraSeg(ZSSSegmentor):
             pass
 
     def eval_scores(self, images):
-        z, _, _, _ = self._dense(images)
+        z, _, teacher, _ = self._dense(images)
         scores = self.text(z)
         if self.gamma:
             scores[:, self.eval_seen_ids] -= self.gamma
-        return self.logit_scale * scores
+        logits = self.logit_scale * scores
+        if not self.image_prior:
+            return logits
+        # CLIP's zero-shot guess for the whole image, as a per-image class prior on every pixel
+        image_cos = F.normalize(teacher["cls"].float(), dim=-1) @ self.text.embeddings.t()  # (B, C)
+        prior = F.log_softmax(self.logit_scale * image_cos, dim=1)
+        return F.log_softmax(logits, dim=1) + self.image_prior * prior[:, :, None, None]

@@ -3,6 +3,10 @@
 Like timm's bulk runner: every cell is a separate ``zss-bench run`` subprocess, so a crash or a
 leak in one cell cannot contaminate the next, and cells whose record already exists (same
 protocol hash, method, config label and seed) are skipped, so an interrupted grid resumes.
+
+A cell with ``eval_of: LABEL`` trains nothing: it re-evaluates the final checkpoint of the cell
+``LABEL`` (same method and seed) with its own ``opts``, for test-time-only variants (a
+calibration, a prior) that must not cost, or differ by, a second training run.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ class Cell:
     seed: int
     label: str
     opts: list[str] = field(default_factory=list)
+    eval_of: str | None = None  # label of the cell whose checkpoint this cell re-evaluates
 
 
 def load_grid(path: str | Path) -> tuple[str, list[Cell]]:
@@ -46,20 +51,46 @@ def load_grid(path: str | Path) -> tuple[str, list[Cell]]:
         if len(opts) % 2:
             raise GridError(f"{path}: cells[{i}].opts must be KEY VALUE pairs")
         label = str(c.get("label", "default"))
+        eval_of = c.get("eval_of")
+        if eval_of is not None and str(eval_of) == label:
+            raise GridError(f"{path}: cells[{i}] cannot be 'eval_of' its own label '{label}'")
         for seed in c.get("seeds", [0]):
-            cells.append(Cell(c["method"], int(seed), label, opts))
+            cells.append(Cell(c["method"], int(seed), label, opts, None if eval_of is None else str(eval_of)))
     return str(doc["protocol"]), cells
 
 
-def _done(results: str, protocol: str, protocol_hash: str, cell: Cell) -> bool:
+def _find(results: str, protocol: str, protocol_hash: str, method: str, label: str, seed: int) -> dict | None:
+    """The newest run record of (protocol at this hash, method, label, seed), if any."""
+    found = None
     for run in iter_runs(results, on_skip=lambda m: None):
         rec = run.record
         if (rec["protocol"]["name"] == protocol and rec["protocol"].get("hash") == protocol_hash
-                and rec["method"]["name"] == cell.method
-                and rec["method"].get("label") == cell.label and rec.get("provenance", {}).get("seed") == cell.seed
+                and rec["method"]["name"] == method
+                and rec["method"].get("label") == label and rec.get("provenance", {}).get("seed") == seed
                 and rec.get("kind") == "run"):
-            return True
-    return False
+            if found is None or str(rec.get("created", "")) > str(found.get("created", "")):
+                found = rec
+    return found
+
+
+def _done(results: str, protocol: str, protocol_hash: str, cell: Cell) -> bool:
+    return _find(results, protocol, protocol_hash, cell.method, cell.label, cell.seed) is not None
+
+
+def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell) -> Path:
+    """The final checkpoint of the cell that ``cell`` re-evaluates, or a GridError saying why not."""
+    base = _find(results, protocol, protocol_hash, cell.method, cell.eval_of, cell.seed)
+    if base is None:
+        raise GridError(f"no record of {cell.method} [{cell.eval_of}] seed {cell.seed} to re-evaluate; "
+                        f"put that cell before [{cell.label}] in the grid")
+    if base.get("training", {}).get("eval_only"):
+        raise GridError(f"{cell.method} [{cell.eval_of}] seed {cell.seed} is itself an evaluation-only cell")
+    out = Path(base.get("training", {}).get("output_dir") or "")
+    weights = out / "model_final.pth"
+    if not weights.is_file():
+        raise GridError(f"the checkpoint of {cell.method} [{cell.eval_of}] seed {cell.seed} is gone ({weights}); "
+                        "delete its record to retrain it, or restore its work dir")
+    return weights
 
 
 def run_grid(path: str | Path, *, results: str = "results", work_dir: str = "work_dirs", extra: list[str] | None = None,
@@ -72,9 +103,20 @@ def run_grid(path: str | Path, *, results: str = "results", work_dir: str = "wor
         if _done(results, protocol, protocol_hash, cell):
             print(f"{tag}: record exists, skipped", flush=True)
             continue
+        reuse = []
+        if cell.eval_of is not None:
+            try:
+                reuse = ["--eval-only", "MODEL.WEIGHTS", str(_base_weights(results, protocol, protocol_hash, cell))]
+            except GridError as exc:
+                if not dry_run:
+                    failures += 1
+                    print(f"{tag}: FAILED ({exc}); continuing with the next cell", flush=True)
+                    continue
+                reuse = ["--eval-only", "MODEL.WEIGHTS", f"<final checkpoint of [{cell.eval_of}] seed {cell.seed}>"]
         cmd = [sys.executable, "-m", "zss_bench.cli", "run", "--method", cell.method, "--protocol", protocol,
                "--seed", str(cell.seed), "--results", results, "--work-dir", work_dir,
-               *(["--data-root", str(data_root)] if data_root else []), *cell.opts, "ZSS.LABEL", cell.label, *(extra or [])]
+               *(["--data-root", str(data_root)] if data_root else []), *reuse[:1], *cell.opts, *reuse[1:],
+               "ZSS.LABEL", cell.label, *(extra or [])]
         print(f"{tag}: {' '.join(cmd[3:])}", flush=True)
         if dry_run:
             continue
