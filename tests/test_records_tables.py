@@ -157,3 +157,20 @@ def test_provenance_has_versions_and_git():
     prov = collect_provenance(seed=5, batch_size=2)
     assert prov["seed"] == 5 and prov["batch_size"] == 2
     assert prov["versions"]["numpy"] and prov["device"]["cpu_count"]
+
+
+def test_leaderboard_never_averages_runs_with_different_clip_weights(tmp_path):
+    def record(run_id, seed, clip_hash, h):
+        block = {"mIoU_seen": 50.0, "mIoU_unseen": 30.0, "hIoU": h, "pAcc": 60.0, "mIoU": 45.0}
+        return {"run_id": run_id, "kind": "run", "protocol": {"name": "synth-15-5", "version": 1, "hash": "abc"},
+                "method": {"name": "m", "label": "default"}, "provenance": {"seed": seed},
+                "clip": None if clip_hash is None else {"weights_hash": clip_hash},
+                "metrics": {"convention": "mmseg", "conventions": {"mmseg": block}}}
+
+    for i, (clip_hash, h) in enumerate([("aaaa1111ffff", 40.0), ("aaaa1111ffff", 42.0), ("bbbb2222ffff", 50.0), (None, 1.0)]):
+        write_run(tmp_path, record(f"r{i}", i, clip_hash, h))
+    table = aggregate(collect_runs(tmp_path, on_skip=lambda m: None))
+    rows = {r.clip: (int(r.runs), r.hIoU_mean) for r in table.itertuples()}
+    assert rows == {"aaaa1111": (2, 41.0), "bbbb2222": (1, 50.0), "-": (1, 1.0)}
+    text = render_leaderboard(table)
+    assert "CLIP weights" in text and "aaaa1111" in text and "bbbb2222" in text

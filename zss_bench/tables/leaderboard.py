@@ -1,7 +1,9 @@
 """Leaderboards: one row per (protocol, method, config), mean ± std over seeds.
 
 Built only from run records, so a table can always be regenerated and never hand-edited.
-Rows show how many runs they average: a single lucky seed is visible as ``n = 1``.
+Rows show how many runs they average: a single lucky seed is visible as ``n = 1``. Runs made
+with different CLIP weights never share a row (the last column names the weights by hash), so
+a row's mean never mixes two teachers, e.g. toy CLIPs pretrained on different machines.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from zss_bench.records.store import RecordWarning, iter_runs
 FORMATS = ("md", "latex", "csv")
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU")
 _HEADERS = {"mIoU_seen": "mIoU(S)", "mIoU_unseen": "mIoU(U)", "hIoU": "hIoU", "pAcc": "pAcc", "mIoU": "mIoU"}
-_GROUP = ["protocol", "protocol_version", "protocol_hash", "method", "config"]
+_GROUP = ["protocol", "protocol_version", "protocol_hash", "method", "config", "clip"]
+NO_CLIP = "-"
 
 
 def _metrics_block(record: dict, convention: str | None) -> tuple[str, dict]:
@@ -49,6 +52,7 @@ def collect_runs(results_root, protocol: str | None = None, convention: str | No
             "protocol_hash": str(rec["protocol"]["hash"])[:12],
             "method": method["name"],
             "config": method.get("label") or str(method.get("config_hash", "default"))[:8],
+            "clip": str((rec.get("clip") or {}).get("weights_hash") or NO_CLIP)[:8],
             "seed": rec.get("provenance", {}).get("seed"),
             "convention": conv,
             "run_id": rec.get("run_id"),
@@ -90,9 +94,9 @@ def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | N
         return "(no runs found)\n"
     parts = []
     for (proto, version, phash), sub in table.groupby(["protocol", "protocol_version", "protocol_hash"], sort=True):
-        rows = [[r.method, r.config, int(r.runs), *(_pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"), r.runs) for m in METRICS)]
-                for r in sub.itertuples()]
-        headers = ["method", "config", "runs", *(_HEADERS[m] for m in METRICS)]
+        rows = [[r.method, r.config, int(r.runs), *(_pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"), r.runs) for m in METRICS),
+                 r.clip] for r in sub.itertuples()]
+        headers = ["method", "config", "runs", *(_HEADERS[m] for m in METRICS), "CLIP weights"]
         conv = f", {convention} convention" if convention else ", headline convention"
         title = f"{proto} (v{version}, {phash}{conv}; mean ± std over runs, %)"
         if fmt == "md":
