@@ -160,7 +160,8 @@ def test_meta_arch_losses_follow_the_ablation_switches(tmp_path, world, opts, ex
     assert out[0]["sem_seg"].shape == (20, 40, 36)
 
 
-def test_seen_calibration_lowers_seen_scores(tmp_path, world):
+def _eval_model(tmp_path, world):
+    """A freshly built (untrained) Chimera-Seg in eval mode, told every class."""
     from zss_bench.data.prepare import prepare_dataset
     from zss_bench.protocol import load_protocol
 
@@ -168,6 +169,11 @@ def test_seen_calibration_lowers_seen_scores(tmp_path, world):
     model, protocol = _model(tmp_path, world)
     model.eval()
     model.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
+    return model, protocol
+
+
+def test_seen_calibration_lowers_seen_scores(tmp_path, world):
+    model, protocol = _eval_model(tmp_path, world)
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         base = model.eval_scores(images)
@@ -181,13 +187,7 @@ def test_seen_calibration_lowers_seen_scores(tmp_path, world):
 def test_image_prior_adds_clips_image_level_log_probabilities(tmp_path, world):
     import torch.nn.functional as F
 
-    from zss_bench.data.prepare import prepare_dataset
-    from zss_bench.protocol import load_protocol
-
-    prepare_dataset("synth", world, load_protocol("synth-15-5"), progress=False)
-    model, protocol = _model(tmp_path, world)
-    model.eval()
-    model.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
+    model, _ = _eval_model(tmp_path, world)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         base = model.eval_scores(images)
