@@ -132,6 +132,7 @@ def world(tmp_path_factory):
     (("MODEL.CHIMERA.SGD.ENABLED", "False"), {"loss_sam"}),
     (("MODEL.CHIMERA.SAM.ENABLED", "False"), {"loss_sgd"}),
     (("MODEL.CHIMERA.SAM.AUX_WEIGHT", "0.5"), {"loss_sam", "loss_sam_aux", "loss_sgd"}),
+    (("MODEL.CHIMERA.SAM.ANCHOR_WEIGHT", "0.5"), {"loss_sam", "loss_sam_anchor", "loss_sgd"}),
     (("MODEL.CHIMERA.CSH.ENTRY_ALIGN_WEIGHT", "1.0"), {"loss_sam", "loss_sgd", "loss_entry"}),
     (("MODEL.CHIMERA.CSH.ENTRY_ALIGN_WEIGHT", "1.0", "MODEL.CHIMERA.CSH.ENABLED", "False"), {"loss_sam", "loss_sgd"}),
 ])
@@ -203,3 +204,17 @@ def test_image_prior_adds_clips_image_level_log_probabilities(tmp_path, world):
     assert (dominated == expected.argmax(1)[:, None, None]).all()
     with pytest.raises(ValueError, match="IMAGE_PRIOR must be >= 0"):
         _model(tmp_path, world, "MODEL.CHIMERA.INFERENCE.IMAGE_PRIOR", "-1.0")
+
+
+def test_anchor_loss_is_zero_on_the_own_text_direction_and_ignores_255(tmp_path, world):
+    model, _ = _eval_model(tmp_path, world)
+    seen = model.text.embeddings  # after set_eval_classes: all classes; any (C, D) table will do
+    targets = torch.tensor([[[0, 3], [255, 1]]])
+    z = seen[targets.clamp(max=seen.shape[0] - 1)].permute(0, 3, 1, 2)  # each pixel = its class text
+    z[0, :, 1, 0] = -seen[0]  # an ignored pixel pointing anywhere must not count
+    cos = model.text(z)
+    assert model._anchor_loss(cos, targets).item() == pytest.approx(0.0, abs=1e-5)
+    z[0, :, 0, 0] = seen[5]  # a labelled pixel on another class's direction costs 1 - cos(t_5, t_0)
+    expected = (1 - float(seen[5] @ seen[0])) / 3
+    assert model._anchor_loss(model.text(z), targets).item() == pytest.approx(expected, abs=1e-5)
+    assert model._anchor_loss(cos, torch.full_like(targets, 255)).item() == 0.0

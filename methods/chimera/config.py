@@ -41,6 +41,10 @@ def add_chimera_config(cfg) -> None:
     c.SAM.ENABLED = True
     c.SAM.WEIGHT = 1.0
     c.SAM.AUX_WEIGHT = 0.0  # extra CE on the adapter tokens projected straight to the joint space
+    # weight of 1 - cos(z, t_y) on labelled pixels: pulls features onto their own class text
+    # direction, not only away from the other *seen* texts (CE alone can push them towards an
+    # unseen text it never sees as a negative). Ours; 0 = off.
+    c.SAM.ANCHOR_WEIGHT = 0.0
 
     c.INFERENCE = CN()
     c.INFERENCE.SEEN_CALIBRATION = 0.0  # gamma subtracted from seen-class cosine scores (0 = off; recorded)

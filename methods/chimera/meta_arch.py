@@ -78,6 +78,8 @@ class ChimeraSeg(ZSSSegmentor):
             logits = self.logit_scale * self.text(z)
             logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
             losses["loss_sam"] = c.SAM.WEIGHT * F.cross_entropy(logits, targets, ignore_index=self.ignore_value)
+            if c.SAM.ANCHOR_WEIGHT > 0:
+                losses["loss_sam_anchor"] = c.SAM.ANCHOR_WEIGHT * self._anchor_loss(logits / self.logit_scale, targets)
             if c.SAM.AUX_WEIGHT > 0 and tokens is not None:
                 aux = self.logit_scale * self.text(self.head.project_entry(tokens, grid))
                 aux = F.interpolate(aux, size=targets.shape[-2:], mode="bilinear", align_corners=False)
@@ -95,6 +97,14 @@ class ChimeraSeg(ZSSSegmentor):
         if not losses:
             raise ValueError("all Chimera-Seg losses are disabled (SAM, SGD and entry alignment)")
         return losses
+
+    def _anchor_loss(self, cos: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean 1 - cos(z, t_y) over labelled pixels (0 when a batch has none)."""
+        valid = targets != self.ignore_value
+        if not valid.any():
+            return cos.sum() * 0.0
+        own = cos.gather(1, targets.clamp(0, cos.shape[1] - 1).unsqueeze(1)).squeeze(1)
+        return (1.0 - own[valid]).mean()
 
     def _progress(self) -> float:
         try:
