@@ -210,3 +210,17 @@ def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolat
     selfref.write_text("protocol: synth-15-5\ncells:\n  - {method: seen-only, label: x, eval_of: x}\n")
     with pytest.raises(GridError, match="cannot be 'eval_of' its own label"):
         load_grid(selfref)
+
+
+def test_default_output_dir_is_per_dataset_root(prepared, tmp_path, isolated_cache):
+    from zss_bench.data.prepare import prepare_dataset
+    from zss_bench.data.synth import generate_world
+    from zss_bench.engine.run import _resolve
+    from zss_bench.protocol import load_protocol
+
+    other = tmp_path / "other-world"
+    generate_world(other, seed=5, size=32, n_train=8, n_val=4, progress=False)
+    prepare_dataset("synth", other, load_protocol("synth-15-5"), progress=False)
+    dirs = [_resolve(_request(root, tmp_path, opts=tiny(3)))[3].OUTPUT_DIR for root in (prepared, prepared, other)]
+    assert dirs[0] == dirs[1] != dirs[2]  # same config, same seed: one folder per dataset root
+    assert Path(dirs[0]).name.endswith("-seed0") and Path(dirs[0]).parent == Path(dirs[2]).parent

@@ -7,6 +7,7 @@ writes the run record. The leakage guard runs in every worker before evaluation 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -81,7 +82,10 @@ def _resolve(req: RunRequest):
     cfg = build_run_config(plugin, protocol, seed=req.seed, output_dir=req.output_dir or "", data_root=str(root),
                            clip=req.clip, opts=req.opts)
     if not req.output_dir:
-        out = Path(req.work_root) / protocol.name / plugin.name / f"{config_hash(cfg)[:10]}-seed{req.seed}"
+        # the dataset root is not part of the config hash (it names no method choice), but two
+        # roots must not share, and so wipe, one training folder
+        data_tag = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:6]
+        out = Path(req.work_root) / protocol.name / plugin.name / f"{config_hash(cfg)[:10]}-data{data_tag}-seed{req.seed}"
         cfg.defrost()
         cfg.OUTPUT_DIR = str(out)
         cfg.freeze()
