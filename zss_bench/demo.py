@@ -3,7 +3,8 @@
 protocol -> synthetic world (generate + prepare, like a VOC folder) -> toy CLIP (pretrained
 offline on first use, then cached) -> ``zss-bench run --method chimera`` -> run record ->
 leaderboard. The Chimera-Seg run uses a shortened schedule (``DEMO_ITERS``) so that the whole
-demo stays within about 10 minutes on 2 CPU cores when the toy CLIP is not cached yet; its row
+demo stays within about 10 minutes on a fast 2-core machine when the toy CLIP is not cached yet
+(measured: 7 min toy CLIP + 2 min run; a 3.7x slower 2-core machine needs about 25 + 6); its row
 is labelled with the schedule. The committed full-length table (``results/synth-15-5.md``,
 3 seeds + baseline + ablations) is printed afterwards for reference.
 """
@@ -41,7 +42,7 @@ def run_demo(out: Path, quick: bool = False) -> int:
     print(f"zss-bench demo: Chimera-Seg on {PROTOCOL}, end to end on CPU.\n"
           "  protocol -> synthetic world -> toy CLIP -> zss-bench run -> record -> leaderboard\n"
           f"  The Chimera-Seg run is shortened to {4 if quick else DEMO_ITERS} iterations (the committed table uses the\n"
-          "  full schedule); the first demo also pretrains the toy CLIP (about 7 minutes, cached after).")
+          "  full schedule); the first demo also pretrains the toy CLIP (7-25 minutes by machine, cached after).")
     if quick:
         print(f"  QUICK MODE (tests): tiny world and an untrained CLIP ({QUICK_CLIP}); numbers mean nothing.")
     if out.exists():

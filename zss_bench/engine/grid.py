@@ -103,19 +103,20 @@ def run_grid(path: str | Path, *, results: str = "results", work_dir: str = "wor
         if _done(results, protocol, protocol_hash, cell):
             print(f"{tag}: record exists, skipped", flush=True)
             continue
-        reuse = []
+        flags, weights = [], []
         if cell.eval_of is not None:
+            flags = ["--eval-only"]
             try:
-                reuse = ["--eval-only", "MODEL.WEIGHTS", str(_base_weights(results, protocol, protocol_hash, cell))]
+                weights = ["MODEL.WEIGHTS", str(_base_weights(results, protocol, protocol_hash, cell))]
             except GridError as exc:
                 if not dry_run:
                     failures += 1
                     print(f"{tag}: FAILED ({exc}); continuing with the next cell", flush=True)
                     continue
-                reuse = ["--eval-only", "MODEL.WEIGHTS", f"<final checkpoint of [{cell.eval_of}] seed {cell.seed}>"]
+                weights = ["MODEL.WEIGHTS", f"<final checkpoint of [{cell.eval_of}] seed {cell.seed}>"]
         cmd = [sys.executable, "-m", "zss_bench.cli", "run", "--method", cell.method, "--protocol", protocol,
                "--seed", str(cell.seed), "--results", results, "--work-dir", work_dir,
-               *(["--data-root", str(data_root)] if data_root else []), *reuse[:1], *cell.opts, *reuse[1:],
+               *(["--data-root", str(data_root)] if data_root else []), *flags, *cell.opts, *weights,
                "ZSS.LABEL", cell.label, *(extra or [])]
         print(f"{tag}: {' '.join(cmd[3:])}", flush=True)
         if dry_run:
