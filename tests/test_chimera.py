@@ -8,7 +8,8 @@ import torch
 
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
 from zss_bench.methods.chimera.csh import CLIPSemanticHead, PlainProjection, entry_alignment_loss
-from zss_bench.methods.chimera.sgd import keep_fraction, selective_global_distillation
+from zss_bench.methods.chimera.sgd import (box_mask, crop_boxes, crop_images, keep_fraction,
+                                           selective_global_distillation)
 
 MICRO = "zss-micro-vit:random"
 
@@ -99,6 +100,37 @@ def test_csh_config_errors(micro_clip):
     assert z.shape == (1, 32, 4, 4)
 
 
+def test_crop_boxes_masks_and_crops_agree():
+    gen = torch.Generator().manual_seed(0)
+    boxes = crop_boxes(5, (16, 16), (0.5, 0.75), gen)
+    sides = boxes[:, 2:] - boxes[:, :2]
+    assert (sides == sides[0]).all() and 8 <= int(sides[0, 0]) <= 12  # one size per batch, within the scale
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 16).all()
+    mask = box_mask(boxes, (16, 16))
+    assert mask.flatten(1).sum(1).tolist() == [int(sides[0, 0] * sides[0, 1])] * 5
+    # an image whose value is its column index: the crop spans exactly the box's columns
+    img = torch.arange(64.0).view(1, 1, 1, 64).expand(5, 3, 64, 64).contiguous()
+    crops = crop_images(img, boxes, (16, 16))
+    assert crops.shape == img.shape
+    x0, x1 = boxes[:, 1] * 4, boxes[:, 3] * 4
+    assert torch.allclose(crops[:, 0, 0, 0], x0.float(), atol=1.0) and torch.allclose(crops[:, 0, 0, -1], x1.float() - 1, atol=1.0)
+    again = crop_boxes(5, (16, 16), (0.5, 0.75), torch.Generator().manual_seed(0))
+    assert torch.equal(boxes, again)  # drawn from the generator only: reproducible on resume
+    with pytest.raises(ValueError, match="CROP_SCALE"):
+        crop_boxes(1, (16, 16), (0.0, 0.5), gen)
+
+
+def test_sgd_with_a_mask_only_picks_positions_inside_it():
+    cls = torch.zeros(1, 4)
+    cls[0, 0] = 1
+    z = torch.zeros(1, 4, 2, 2)
+    z[0, 0, 0, 0] = 1  # the CLS-like position lies outside the mask
+    z[0, 1, 1, 1] = 1
+    valid = torch.tensor([[[False, False], [False, True]]])
+    loss, stats = selective_global_distillation(z, cls, fraction=1.0, valid=valid)
+    assert stats["sgd_k"] == 1 and loss.item() == pytest.approx(1.0)  # cos(e1, e0) = 0
+
+
 def _model(tmp_path, world, *opts):
     from detectron2.modeling import build_model
 
@@ -131,6 +163,7 @@ def world(tmp_path_factory):
     (("MODEL.CHIMERA.CSH.ENABLED", "False"), {"loss_sam", "loss_sgd"}),
     (("MODEL.CHIMERA.SGD.ENABLED", "False"), {"loss_sam"}),
     (("MODEL.CHIMERA.SAM.ENABLED", "False"), {"loss_sgd"}),
+    (("MODEL.CHIMERA.SGD.CROPS", "2"), {"loss_sam", "loss_sgd"}),
     (("MODEL.CHIMERA.SAM.AUX_WEIGHT", "0.5"), {"loss_sam", "loss_sam_aux", "loss_sgd"}),
     (("MODEL.CHIMERA.SAM.ANCHOR_WEIGHT", "0.5"), {"loss_sam", "loss_sam_anchor", "loss_sgd"}),
     (("MODEL.CHIMERA.CSH.ENTRY_ALIGN_WEIGHT", "1.0"), {"loss_sam", "loss_sgd", "loss_entry"}),

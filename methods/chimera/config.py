@@ -36,6 +36,11 @@ def add_chimera_config(cfg) -> None:
     c.SGD.END_FRACTION = 0.1  # ... and at the last iteration (fixed: START_FRACTION throughout)
     c.SGD.STEP_MILESTONES = (0.5, 0.75)  # 'step': fractions of training where the fraction drops
     c.SGD.STEP_GAMMA = 0.5
+    # Ours, not the abstract's: also distil the teacher's CLS of CROPS random crops of each image
+    # into the dense features inside that crop (top-k among them, same schedule). Crops hold fewer
+    # objects, where the CLS is a sharper, more object-level target. 0 = whole image only.
+    c.SGD.CROPS = 0
+    c.SGD.CROP_SCALE = (0.5, 0.75)  # crop side as a fraction of the image side (min, max)
 
     c.SAM = CN()  # Semantic Alignment Module
     c.SAM.ENABLED = True

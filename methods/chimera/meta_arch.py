@@ -10,7 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 
 from zss_bench.methods.chimera.csh import CLIPSemanticHead, PlainProjection, entry_alignment_loss
-from zss_bench.methods.chimera.sgd import keep_fraction, selective_global_distillation
+from zss_bench.methods.chimera.sgd import box_mask, crop_boxes, crop_images, keep_fraction, selective_global_distillation
 from zss_bench.modeling.body import SegmentationBody
 from zss_bench.modeling.clip_support import ClipTeacher, TextClassifier, load_run_clip
 from zss_bench.modeling.segmentor import ZSSSegmentor
@@ -46,6 +46,9 @@ class ChimeraSeg(ZSSSegmentor):
         if self.image_prior < 0:
             raise ValueError(f"MODEL.CHIMERA.INFERENCE.IMAGE_PRIOR must be >= 0, got {self.image_prior}")
         self.body_lr = c.BODY_LR_MULTIPLIER
+        self.seed = max(int(cfg.SEED), 0)
+        if c.SGD.CROPS < 0:
+            raise ValueError(f"MODEL.CHIMERA.SGD.CROPS must be >= 0, got {c.SGD.CROPS}")
         self.to(device)
 
     def lr_multipliers(self) -> dict:
@@ -90,6 +93,8 @@ class ChimeraSeg(ZSSSegmentor):
                                  tuple(c.SGD.STEP_MILESTONES), c.SGD.STEP_GAMMA)
             value, stats = selective_global_distillation(z, teacher["cls"], frac, loss=c.SGD.LOSS, pool=c.SGD.POOL,
                                                          temperature=c.SGD.INFONCE_TEMPERATURE)
+            if c.SGD.CROPS > 0:
+                value = (value + self._crop_distillation(images, z, frac)) / (1 + c.SGD.CROPS)
             losses["loss_sgd"] = c.SGD.WEIGHT * value
             self._put("sgd_fraction", frac)
         if c.CSH.ENABLED and c.CSH.ENTRY_ALIGN_WEIGHT > 0:
@@ -97,6 +102,24 @@ class ChimeraSeg(ZSSSegmentor):
         if not losses:
             raise ValueError("all Chimera-Seg losses are disabled (SAM, SGD and entry alignment)")
         return losses
+
+    def _crop_distillation(self, images, z, frac) -> torch.Tensor:
+        """Sum over SGD.CROPS random crops of SGD between each crop's teacher CLS and the dense
+        features inside it. Crop positions are drawn from (seed, iteration), so a resumed run
+        draws the same crops as an uninterrupted one."""
+        c = self.cfg_c.SGD
+        grid = tuple(z.shape[-2:])
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self._iteration())
+        rgb = self._rgb255(images)
+        total = z.new_zeros(())
+        for _ in range(c.CROPS):
+            boxes = crop_boxes(z.shape[0], grid, tuple(c.CROP_SCALE), gen)
+            cls = self.teacher(crop_images(rgb, boxes, grid))["cls"]
+            value, _ = selective_global_distillation(z, cls, frac, loss=c.LOSS, pool=c.POOL,
+                                                     temperature=c.INFONCE_TEMPERATURE,
+                                                     valid=box_mask(boxes, grid).to(z.device))
+            total = total + value
+        return total
 
     def _anchor_loss(self, cos: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean 1 - cos(z, t_y) over labelled pixels (0 when a batch has none)."""
@@ -106,11 +129,14 @@ class ChimeraSeg(ZSSSegmentor):
         own = cos.gather(1, targets.clamp(0, cos.shape[1] - 1).unsqueeze(1)).squeeze(1)
         return (1.0 - own[valid]).mean()
 
-    def _progress(self) -> float:
+    def _iteration(self) -> int:
         try:
-            return get_event_storage().iter / max(1, self.max_iter - 1)
+            return get_event_storage().iter
         except AssertionError:  # outside a trainer (unit tests)
-            return 0.0
+            return 0
+
+    def _progress(self) -> float:
+        return self._iteration() / max(1, self.max_iter - 1)
 
     @staticmethod
     def _put(name, value):

@@ -38,7 +38,8 @@ def selective_global_distillation(z: torch.Tensor, cls: torch.Tensor, fraction: 
     sim = torch.einsum("bnd,bd->bn", zf, target)
     if valid is not None:
         sim = sim.masked_fill(~valid.flatten(1), float("-inf"))
-    k = max(1, int(round(fraction * h * w)))
+    n = h * w if valid is None else int(valid.flatten(1).sum(1).min())
+    k = max(1, int(round(fraction * n)))
     top_sim, top_idx = sim.topk(k, dim=1)
     picked = torch.gather(zf, 1, top_idx.unsqueeze(-1).expand(-1, -1, d))
     if pool == "mean":
@@ -57,3 +58,40 @@ def selective_global_distillation(z: torch.Tensor, cls: torch.Tensor, fraction: 
     else:
         raise ValueError(f"unknown MODEL.CHIMERA.SGD.LOSS '{loss}' (cosine | l1 | infonce)")
     return value, {"sgd_k": float(k), "sgd_top_sim": float(top_sim.mean().detach())}
+
+
+def crop_boxes(batch: int, grid: tuple[int, int], scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """Random square-ish crop boxes on the dense grid, one per image, (B, 4) as [y0, x0, y1, x1).
+
+    All boxes of a batch share one size (drawn from ``scale`` x the grid side) so that every
+    image keeps the same number of positions and SGD's top-k fraction means the same thing.
+    """
+    h, w = grid
+    lo, hi = scale
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"MODEL.CHIMERA.SGD.CROP_SCALE must satisfy 0 < min <= max <= 1, got {scale}")
+    s = lo + (hi - lo) * float(torch.rand((), generator=generator))
+    ch, cw = max(1, int(round(s * h))), max(1, int(round(s * w)))
+    y0 = torch.randint(0, h - ch + 1, (batch,), generator=generator)
+    x0 = torch.randint(0, w - cw + 1, (batch,), generator=generator)
+    return torch.stack([y0, x0, y0 + ch, x0 + cw], dim=1)
+
+
+def box_mask(boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, 4) grid boxes -> (B, h, w) bool, True inside each image's box."""
+    h, w = grid
+    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    y0, x0, y1, x1 = (boxes[:, i].view(-1, 1, 1) for i in range(4))
+    return (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+
+
+def crop_images(images: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Cut each image's grid box out of (B, 3, H, W) images, resized back to (H, W) (bilinear)."""
+    from torchvision.ops import roi_align
+
+    b, _, hh, ww = images.shape
+    sy, sx = hh / grid[0], ww / grid[1]
+    y0, x0, y1, x1 = boxes.to(images.dtype).unbind(1)
+    rois = torch.stack([torch.arange(b, dtype=images.dtype), x0 * sx, y0 * sy, x1 * sx, y1 * sy], dim=1)
+    return roi_align(images, rois.to(images.device), output_size=(hh, ww), spatial_scale=1.0, sampling_ratio=2,
+                     aligned=True)
