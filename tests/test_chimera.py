@@ -194,6 +194,24 @@ def test_meta_arch_losses_follow_the_ablation_switches(tmp_path, world, opts, ex
     assert out[0]["sem_seg"].shape == (20, 40, 36)
 
 
+def test_crop_distillation_is_a_function_of_seed_and_iteration(tmp_path, world):
+    from zss_bench.data.prepare import prepare_dataset
+    from zss_bench.protocol import load_protocol
+
+    prepare_dataset("synth", world, load_protocol("synth-15-5"), progress=False)
+    model, _ = _model(tmp_path, world, "MODEL.CHIMERA.SGD.CROPS", "2")
+    model.eval()  # fixed BN statistics: only the crops could make two evaluations differ
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = model._dense(images)[0]
+        first, again = model._crop_distillation(images, z, 0.5), model._crop_distillation(images, z, 0.5)
+        model.seed = 1
+        other_seed = model._crop_distillation(images, z, 0.5)
+    assert torch.isfinite(first) and first.item() > 0
+    assert first.item() == again.item()  # same (seed, iteration): same crops, e.g. after --resume
+    assert other_seed.item() != first.item()
+
+
 def _eval_model(tmp_path, world):
     """A freshly built (untrained) Chimera-Seg in eval mode, told every class."""
     from zss_bench.data.prepare import prepare_dataset

@@ -4,7 +4,8 @@ protocol -> synthetic world (generate + prepare, like a VOC folder) -> toy CLIP 
 offline on first use, then cached) -> ``zss-bench run --method chimera`` -> run record ->
 leaderboard. The Chimera-Seg run uses a shortened schedule (``DEMO_ITERS``) so that the whole
 demo stays within about 10 minutes on a fast 2-core machine when the toy CLIP is not cached yet
-(measured: 7 min toy CLIP + 2 min run; on a 3.7x slower 2-core machine 25 min + 402 s); its row
+(measured on fresh clones, toy CLIP not cached: 586 s in all on 2026-12-02's 2-core Xeon, 7 min of
+it the toy CLIP; on a 3.7x slower 2-core machine 25 min + 402 s); its row
 is labelled with the schedule. The committed full-length table (``results/synth-15-5.md``,
 3 seeds + baseline + ablations) is printed afterwards for reference.
 """
