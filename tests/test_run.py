@@ -212,6 +212,30 @@ def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolat
         load_grid(selfref)
 
 
+def test_grid_counts_a_cell_done_only_with_the_same_clip_weights(prepared, tmp_path, isolated_cache, capsys):
+    from zss_bench.engine.grid import _clip_spec, _done, load_grid, run_grid
+    from zss_bench.protocol import load_protocol
+    from zss_bench.records.store import iter_runs
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("protocol: synth-15-5\ncells:\n"
+                    "  - {method: chimera, label: c, opts: [ZSS.CLIP, 'zss-micro-vit:random'], seeds: [0]}\n")
+    args = dict(results=str(tmp_path / "results"), work_dir=str(tmp_path / "work"), extra=tiny(2),
+                data_root=str(prepared))
+    assert run_grid(grid, **args) == 0
+    capsys.readouterr()
+    assert run_grid(grid, **args) == 0  # same CLIP weights: done, skipped
+    assert "record exists, skipped" in capsys.readouterr().out
+    rec = next(iter(iter_runs(tmp_path / "results", on_skip=lambda m: None))).record
+    cell = load_grid(grid)[1][0]
+    assert _clip_spec(cell.opts) == "zss-micro-vit:random"
+    phash = load_protocol("synth-15-5").content_hash
+    same, other = rec["clip"]["weights_hash"], "0" * 64
+    assert _done(str(tmp_path / "results"), "synth-15-5", phash, cell, lambda: same)
+    assert not _done(str(tmp_path / "results"), "synth-15-5", phash, cell, lambda: other)  # another teacher: due
+    assert _done(str(tmp_path / "results"), "synth-15-5", phash, cell)  # no CLIP check asked for
+
+
 def test_default_output_dir_is_per_dataset_root(prepared, tmp_path, isolated_cache):
     from zss_bench.data.prepare import prepare_dataset
     from zss_bench.data.synth import generate_world

@@ -2,7 +2,10 @@
 
 Like timm's bulk runner: every cell is a separate ``zss-bench run`` subprocess, so a crash or a
 leak in one cell cannot contaminate the next, and cells whose record already exists (same
-protocol hash, method, config label and seed) are skipped, so an interrupted grid resumes.
+protocol hash, method, config label and seed, and made with the CLIP weights this machine would
+use now) are skipped, so an interrupted grid resumes. A record made with other CLIP weights (a
+toy CLIP pretrained on another CPU, another checkpoint) does not count: the cell runs again, so a
+table regenerated from one grid never silently mixes teachers.
 
 A cell with ``eval_of: LABEL`` trains nothing: it re-evaluates the final checkpoint of the cell
 ``LABEL`` (same method and seed) with its own ``opts``, for test-time-only variants (a
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from zss_bench.protocol import load_protocol
+from zss_bench.protocol import Protocol, load_protocol
 from zss_bench.records.store import iter_runs
 
 
@@ -59,8 +62,35 @@ def load_grid(path: str | Path) -> tuple[str, list[Cell]]:
     return str(doc["protocol"]), cells
 
 
-def _find(results: str, protocol: str, protocol_hash: str, method: str, label: str, seed: int) -> dict | None:
-    """The newest run record of (protocol at this hash, method, label, seed), if any."""
+class ClipWeights:
+    """The weights hash of the CLIP a cell would run with on this machine, per CLIP spec, computed
+    once (loading the cached toy CLIP, or pretraining it on first use, as the run itself would)."""
+
+    def __init__(self, protocol: Protocol):
+        self.protocol, self._hashes = protocol, {}
+
+    def __call__(self, spec: str) -> str:
+        if spec not in self._hashes:
+            from zss_bench.modeling.clip_support import load_run_clip
+
+            self._hashes[spec] = load_run_clip(spec, self.protocol, "cpu").record()["weights_hash"]
+        return self._hashes[spec]
+
+
+def _clip_spec(opts: list[str]) -> str:
+    """The ``ZSS.CLIP`` value among KEY VALUE overrides ('' = the protocol's default CLIP)."""
+    spec = ""
+    for key, value in zip(opts[::2], opts[1::2]):
+        if key == "ZSS.CLIP":
+            spec = value
+    return spec
+
+
+def _find(results: str, protocol: str, protocol_hash: str, method: str, label: str, seed: int,
+          clip_hash=None) -> dict | None:
+    """The newest run record of (protocol at this hash, method, label, seed), if any. With
+    ``clip_hash`` (a no-argument callable), a record that used CLIP weights with another hash
+    does not count; records of methods without CLIP always count."""
     found = None
     for run in iter_runs(results, on_skip=lambda m: None):
         rec = run.record
@@ -68,18 +98,21 @@ def _find(results: str, protocol: str, protocol_hash: str, method: str, label: s
                 and rec["method"]["name"] == method
                 and rec["method"].get("label") == label and rec.get("provenance", {}).get("seed") == seed
                 and rec.get("kind") == "run"):
+            if clip_hash is not None and rec.get("clip") and rec["clip"].get("weights_hash") != clip_hash():
+                continue
             if found is None or str(rec.get("created", "")) > str(found.get("created", "")):
                 found = rec
     return found
 
 
-def _done(results: str, protocol: str, protocol_hash: str, cell: Cell) -> bool:
-    return _find(results, protocol, protocol_hash, cell.method, cell.label, cell.seed) is not None
+def _done(results: str, protocol: str, protocol_hash: str, cell: Cell, clip_hash=None) -> bool:
+    return _find(results, protocol, protocol_hash, cell.method, cell.label, cell.seed, clip_hash) is not None
 
 
-def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell) -> Path:
-    """The final checkpoint of the cell that ``cell`` re-evaluates, or a GridError saying why not."""
-    base = _find(results, protocol, protocol_hash, cell.method, cell.eval_of, cell.seed)
+def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell, clip_hash=None) -> Path:
+    """The final checkpoint of the cell that ``cell`` re-evaluates, or a GridError saying why not.
+    Only a checkpoint trained with the same CLIP weights qualifies: its head was built on them."""
+    base = _find(results, protocol, protocol_hash, cell.method, cell.eval_of, cell.seed, clip_hash)
     if base is None:
         raise GridError(f"no record of {cell.method} [{cell.eval_of}] seed {cell.seed} to re-evaluate; "
                         f"put that cell before [{cell.label}] in the grid")
@@ -96,18 +129,22 @@ def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell) -
 def run_grid(path: str | Path, *, results: str = "results", work_dir: str = "work_dirs", extra: list[str] | None = None,
              data_root: str | None = None, dry_run: bool = False) -> int:
     protocol, cells = load_grid(path)
-    protocol_hash = load_protocol(protocol).content_hash  # an edited protocol makes every cell due again
+    proto = load_protocol(protocol)
+    protocol_hash = proto.content_hash  # an edited protocol makes every cell due again
+    clip_weights = ClipWeights(proto)
     failures = 0
     for i, cell in enumerate(cells, 1):
         tag = f"[{i}/{len(cells)}] {cell.method} [{cell.label}] seed {cell.seed}"
-        if _done(results, protocol, protocol_hash, cell):
+        spec = _clip_spec([*cell.opts, *(extra or [])])
+        clip_hash = lambda spec=spec: clip_weights(spec)  # noqa: E731  (lazy: only if a record has a CLIP)
+        if _done(results, protocol, protocol_hash, cell, clip_hash):
             print(f"{tag}: record exists, skipped", flush=True)
             continue
         flags, weights = [], []
         if cell.eval_of is not None:
             flags = ["--eval-only"]
             try:
-                weights = ["MODEL.WEIGHTS", str(_base_weights(results, protocol, protocol_hash, cell))]
+                weights = ["MODEL.WEIGHTS", str(_base_weights(results, protocol, protocol_hash, cell, clip_hash))]
             except GridError as exc:
                 if not dry_run:
                     failures += 1
