@@ -5,7 +5,8 @@ leak in one cell cannot contaminate the next, and cells whose record already exi
 protocol hash, method, config label and seed, and made with the CLIP weights this machine would
 use now) are skipped, so an interrupted grid resumes. A record made with other CLIP weights (a
 toy CLIP pretrained on another CPU, another checkpoint) does not count: the cell runs again, so a
-table regenerated from one grid never silently mixes teachers.
+table regenerated from one grid never silently mixes teachers. Knowing those weights means loading
+the CLIP once per grid, so even ``--dry-run`` pretrains the toy CLIP where it is not cached yet.
 
 A cell with ``eval_of: LABEL`` trains nothing: it re-evaluates the final checkpoint of the cell
 ``LABEL`` (same method and seed) with its own ``opts``, for test-time-only variants (a
