@@ -30,3 +30,6 @@ def test_wheel_maps_protocols_and_methods_under_zss_bench(tmp_path):
     assert "zss_bench/methods/__init__.py" in names
     assert "zss_bench/methods/_base/body-synth.yaml" in names
     assert "zss_bench/methods/seen_only/configs/synth-15-5.yaml" in names
+    # the shipped synth-15-5 teacher travels with the wheel: no training, no download
+    assert "zss_bench/clip/weights/tags.json" in names
+    assert "zss_bench/clip/weights/zss-toy-vit-synth-v1.pt" in names

@@ -211,6 +211,18 @@ def cmd_grid(args) -> int:
                     dry_run=args.dry_run)
 
 
+def cmd_reproduce(args) -> int:
+    from zss_bench.engine.reproduce import reproduce
+
+    result, text = reproduce(args.run, results=args.results, out=args.out, data_root=args.data_root,
+                             clip_override=args.clip_override, n_boot=args.n_boot, dry_run=args.dry_run)
+    if args.json and not args.dry_run:
+        print(json.dumps(result, indent=2))
+    else:
+        print(text, end="")
+    return 1 if result.get("verdict") == "not reproduced" else 0
+
+
 def cmd_methods(args) -> int:
     from zss_bench.plugins import get_method, list_methods
 
@@ -234,13 +246,21 @@ def cmd_toy_pretrain(args) -> int:
     overrides = {"steps": args.steps, "batch_size": args.batch_size}
     path, info = pretrain_toy_clip(seed=args.seed, cache=not args.force, progress=not args.json,
                                    **{k: v for k, v in overrides.items() if v is not None})
+    from zss_bench.clip.shipped import reference_toy_spec
+    from zss_bench.records.paths import portable_path
+
     if args.json:
         print(json.dumps({k: v for k, v in info.items() if k != "loss_curve"}, indent=2))
     else:
+        from zss_bench.clip.loading import file_sha256
+
         ev = info.get("eval", {})
-        print(f"toy CLIP checkpoint: {path}\n  trained in {info.get('train_time_s', '?')} s, final loss "
-              f"{info.get('final_loss', '?')}; zero-shot accuracy overall {ev.get('overall', 'n/a')} / seen "
-              f"{ev.get('seen', 'n/a')} / unseen {ev.get('unseen', 'n/a')} %")
+        print(f"toy CLIP checkpoint: {path} (weights {file_sha256(path)[:12]}...)\n  trained in "
+              f"{info.get('train_time_s', '?')} s, final loss {info.get('final_loss', '?')}; zero-shot accuracy "
+              f"overall {ev.get('overall', 'n/a')} / seen {ev.get('seen', 'n/a')} / unseen {ev.get('unseen', 'n/a')} %\n"
+              f"  use it with --clip {info['config']['model']}:{path}\n  (this never replaces the shipped reference "
+              f"teacher {reference_toy_spec()}; records name the weights hash either way; "
+              f"cache path {portable_path(path)})")
     return 0
 
 
@@ -249,14 +269,15 @@ def cmd_toy_eval(args) -> int:
     from zss_bench.clip.text_embeddings import TextEncoderAudit
     from zss_bench.clip.toy import DEFAULT_MODEL, evaluate_toy_clip
 
-    clip = load_clip(args.clip or DEFAULT_MODEL)
+    clip = load_clip(args.clip or DEFAULT_MODEL)  # bare name = the shipped reference tag
     result = evaluate_toy_clip(clip, protocol_name=args.protocol, n_per_class=args.n_per_class,
                                prompt_kind=args.prompts, audit=TextEncoderAudit())
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{clip.spec}: zero-shot accuracy on single-object {args.protocol} images ({result['n']} images): "
-              f"overall {result['overall']:.1f}%, seen {result['seen']:.1f}%, unseen {result['unseen']:.1f}%")
+              f"overall {result['overall']:.1f}%, seen {result['seen']:.1f}%, unseen {result['unseen']:.1f}%\n"
+              f"  weights sha256 {clip.weights_hash}")
     return 0
 
 
@@ -362,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_toy_pretrain)
     t = toy.add_parser("eval", help="zero-shot classification of single-object synthetic images")
-    t.add_argument("--clip", help="CLIP spec (default: the pretrained toy CLIP)")
+    t.add_argument("--clip", help="CLIP spec (default: zss-toy-vit, i.e. the shipped reference tag zss-toy-vit:synth-v1)")
     t.add_argument("--protocol", default="synth-15-5")
     t.add_argument("--n-per-class", type=int, default=50)
     t.add_argument("--prompts", choices=["single", "ensemble"], help="prompt kind (default: the protocol's)")
@@ -377,6 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="overrides added to every cell")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("reproduce", help="re-run the exact cell of a record into a scratch folder and test the difference")
+    p.add_argument("run", metavar="RUN", help="run directory, its record.json, or a run id under --results")
+    p.add_argument("--results", default="results", help="where to look up run ids (default: results)")
+    p.add_argument("--out", help="scratch folder for the re-run (default: $ZSS_BENCH_CACHE/reproduce/<run-id>-<time>); "
+                                 "never inside the results root")
+    p.add_argument("--data-root", help="the record's dataset, if it is elsewhere on this machine")
+    p.add_argument("--clip-override", metavar="SPEC", help="load the record's CLIP from here (it must have the recorded hash)")
+    p.add_argument("--n-boot", type=int, default=1000, help="paired-bootstrap resamples (default: 1000)")
+    p.add_argument("--dry-run", action="store_true", help="check that a faithful re-run is possible and print it; run nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("methods", help="list the method plugins")
     p.add_argument("--json", action="store_true")
@@ -396,6 +429,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.data.synth import SynthWorldError
     from zss_bench.clip.loading import ClipLoadError
     from zss_bench.engine.grid import GridError
+    from zss_bench.engine.reproduce import ReproduceError
     from zss_bench.engine.trainer import TrainingDiverged
     from zss_bench.evaluation.pred_dir import EvaluationInputError
     from zss_bench.protocol import ProtocolError
@@ -403,7 +437,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.registry import UnknownNameError
 
     return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
-            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError)
+            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError, ReproduceError)
 
 
 def main(argv: list[str] | None = None) -> int:

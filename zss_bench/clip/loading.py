@@ -11,7 +11,8 @@ Accepted specs::
     ViT-B-16:/path/to/ckpt.pt      a local .pt/.pth/.bin/.safetensors state dict or checkpoint
     /path/to/dir, local-dir:/path  a folder with open_clip_config.json + weights (open_clip layout)
     zss-micro-vit:random           a model config with seeded random weights (tests, smoke runs)
-    zss-toy-vit                    the toy CLIP pretrained offline on the synthetic world
+    zss-toy-vit:synth-v1           a tag whose weights ship with zss-bench (sha256-pinned, no download)
+    zss-toy-vit                    that model's reference shipped tag (the synth-15-5 teacher)
 
 Tags never hang offline: weights already in the local cache are loaded from it directly;
 otherwise the hub is probed with a short timeout first and an unreachable hub (or
@@ -53,7 +54,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 RANDOM_TAG = "random"
 RANDOM_SEED = 0
 PROBE_TIMEOUT_S = 2.0
-# Bare names that resolve to a cached, pretrained-on-first-use zss-bench checkpoint.
+# Bare names that resolve to their reference shipped tag (zss_bench/clip/weights/tags.json).
 TOY_MODELS = ("zss-toy-vit",)
 _PREPROCESS_RECORD_KEYS = ("size", "mean", "std", "interpolation", "resize_mode")
 _TRUE = ("1", "true", "yes", "on")
@@ -152,8 +153,11 @@ class LoadedClip:
 
     def record(self) -> dict[str, Any]:
         """What a run record stores about the CLIP (JSON-serialisable)."""
-        return {"name": self.name, "spec": self.spec, "weights_hash": self.weights_hash,
-                "preprocess_cfg": dict(self.preprocess_cfg), "embed_dim": self.embed_dim}
+        out = {"name": self.name, "spec": self.spec, "weights_hash": self.weights_hash,
+               "preprocess_cfg": dict(self.preprocess_cfg), "embed_dim": self.embed_dim}
+        if self.extra.get("shipped_tag"):
+            out["shipped_tag"] = self.extra["shipped_tag"]  # weights pinned in zss_bench/clip/weights/tags.json
+        return out
 
     @property
     def context_length(self) -> int:
@@ -189,7 +193,7 @@ def _looks_like_path(text: str) -> bool:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: str  # "dir" | "file" | "tag" | "random" | "toy"
+    kind: str  # "dir" | "file" | "tag" | "shipped" | "random"
     name: str
     target: str = ""
 
@@ -207,11 +211,15 @@ def _parse(spec: str) -> _Spec:
         return _Spec("dir", "", spec)
     if ":" not in spec:
         if spec in TOY_MODELS:
-            return _Spec("toy", spec)
+            from zss_bench.clip.shipped import REFERENCE_TOY
+
+            return _Spec("shipped", spec, REFERENCE_TOY[1])
         if Path(spec).expanduser().is_file():
             raise ClipLoadError(f"'{spec}' is a file; say which architecture it holds: NAME:{spec}")
         _check_name(spec)
-        tags = open_clip.list_pretrained_tags_by_model(spec)
+        from zss_bench.clip.shipped import shipped_tags
+
+        tags = [*open_clip.list_pretrained_tags_by_model(spec), *shipped_tags(spec)]
         shown = ", ".join(tags[:8]) + (", ..." if len(tags) > 8 else "") if tags else "none"
         raise ClipLoadError(f"'{spec}' names an architecture but no weights; pass {spec}:TAG "
                             f"(tags: {shown}), {spec}:/path/to/checkpoint or {spec}:{RANDOM_TAG}")
@@ -219,7 +227,11 @@ def _parse(spec: str) -> _Spec:
     if not name:
         raise ClipLoadError(f"CLIP spec '{spec}' has no model name before ':'")
     _check_name(name)
-    tags = open_clip.list_pretrained_tags_by_model(name)
+    from zss_bench.clip.shipped import shipped_tags
+
+    if rest in shipped_tags(name):
+        return _Spec("shipped", name, rest)
+    tags = [*open_clip.list_pretrained_tags_by_model(name), *shipped_tags(name)]
     if rest in tags:
         return _Spec("tag", name, rest)
     if rest == RANDOM_TAG:
@@ -491,6 +503,20 @@ def _from_tag(name: str, tag: str, spec: str, device) -> LoadedClip:
     return _finish(model, preprocess, name, spec, name, digest, device, local)
 
 
+def _from_shipped(name: str, tag: str, spec: str, device) -> LoadedClip:
+    """A tag whose weights ship with zss-bench: verify the pinned sha256, then load the file
+    exactly like a user's local checkpoint (``NAME:/path``)."""
+    from zss_bench.clip.shipped import ShippedWeightsError, verified_weights
+
+    try:
+        path, entry = verified_weights(name, tag)
+    except ShippedWeightsError as exc:
+        raise ClipLoadError(str(exc)) from None
+    clip = _from_file(name, str(path), f"{name}:{tag}", device)
+    clip.extra["shipped_tag"] = tag
+    return clip
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -512,7 +538,4 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> LoadedClip:
         return _from_random(parsed.name, spec, device)
     if parsed.kind == "tag":
         return _from_tag(parsed.name, parsed.target, spec, device)
-    from zss_bench.clip.toy import default_toy_checkpoint  # toy: pretrained on first use
-
-    path = default_toy_checkpoint(parsed.name)
-    return _from_file(parsed.name, str(path), spec, device)
+    return _from_shipped(parsed.name, parsed.target, spec, device)

@@ -46,7 +46,6 @@ __all__ = [
     "CODE_VERSION",
     "DEFAULT_MODEL",
     "ToyClipConfig",
-    "default_toy_checkpoint",
     "default_toy_clip",
     "evaluate_toy_clip",
     "pretrain_toy_clip",
@@ -393,15 +392,15 @@ def pretrain_toy_clip(*, steps: int | None = None, batch_size: int | None = None
     return ckpt, info
 
 
-def default_toy_checkpoint(model: str = DEFAULT_MODEL, progress: bool = True) -> Path:
-    """Path of the default pretrained toy CLIP, training it on first use."""
-    return pretrain_toy_clip(model=model, progress=progress)[0]
+def default_toy_clip(device: str = "cpu") -> LoadedClip:
+    """The reference toy CLIP: the shipped, sha256-pinned tag ``zss-toy-vit:synth-v1`` (no training).
 
+    A checkpoint from :func:`pretrain_toy_clip` never replaces it; load one of those with
+    ``load_clip(f"zss-toy-vit:{path}")``.
+    """
+    from zss_bench.clip.shipped import reference_toy_spec
 
-def default_toy_clip(device: str = "cpu", progress: bool = True) -> LoadedClip:
-    """The cached default toy CLIP (``load_clip("zss-toy-vit")``); trains it on first use."""
-    default_toy_checkpoint(DEFAULT_MODEL, progress=progress)
-    return load_clip(DEFAULT_MODEL, device=device)
+    return load_clip(reference_toy_spec(), device=device)
 
 
 # --------------------------------------------------------------------------- evaluation

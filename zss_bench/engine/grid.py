@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from zss_bench.protocol import Protocol, load_protocol
+from zss_bench.records.paths import expand_path
 from zss_bench.records.store import iter_runs
 
 
@@ -119,7 +120,7 @@ def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell, c
                         f"put that cell before [{cell.label}] in the grid")
     if base.get("training", {}).get("eval_only"):
         raise GridError(f"{cell.method} [{cell.eval_of}] seed {cell.seed} is itself an evaluation-only cell")
-    out = Path(base.get("training", {}).get("output_dir") or "")
+    out = Path(expand_path(base.get("training", {}).get("output_dir") or ""))
     weights = out / "model_final.pth"
     if not weights.is_file():
         raise GridError(f"the checkpoint of {cell.method} [{cell.eval_of}] seed {cell.seed} is gone ({weights}); "

@@ -42,13 +42,21 @@ class RunRequest:
     work_root: str = "work_dirs"
 
 
-def default_synth_world() -> Path:
-    """The synth-15-5 world used when no --data-root is given: generated and prepared once, cached."""
+def default_synth_world_dir() -> Path:
+    """Where the default synth-15-5 world lives in the cache (not generated here)."""
     from zss_bench.cache import cache_path
-    from zss_bench.data.synth import GENERATOR_VERSION, generate_world
+    from zss_bench.data.synth import GENERATOR_VERSION
 
     w = SYNTH_WORLD
-    root = cache_path("synth-world", f"v{GENERATOR_VERSION}-seed{w['seed']}-{w['size']}px-{w['n_train']}-{w['n_val']}")
+    return cache_path("synth-world", f"v{GENERATOR_VERSION}-seed{w['seed']}-{w['size']}px-{w['n_train']}-{w['n_val']}")
+
+
+def default_synth_world() -> Path:
+    """The synth-15-5 world used when no --data-root is given: generated and prepared once, cached."""
+    from zss_bench.data.synth import generate_world
+
+    w = SYNTH_WORLD
+    root = default_synth_world_dir()
     if not (root / "world.json").is_file() or json.loads((root / "world.json").read_text()).get("complete") is False:
         generate_world(root, seed=w["seed"], size=w["size"], n_train=w["n_train"], n_val=w["n_val"])
     return root
@@ -152,6 +160,7 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         return
     from zss_bench.evaluation import score
     from zss_bench.records import collect_provenance, write_run
+    from zss_bench.records.paths import portable_path, portable_spec
 
     storage = getattr(trainer, "storage", None)  # absent with --eval-only (no training step ran)
     history = storage.history("total_loss") if storage is not None and "total_loss" in storage.histories() else None
@@ -159,20 +168,35 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         "kind": "run",
         "protocol": {"name": protocol.name, "version": protocol.version, "hash": protocol.content_hash},
         "method": {"name": plugin.name, "label": cfg.ZSS.LABEL, "config_hash": config_hash(cfg),
-                   "config": config_dict(cfg)},
-        "clip": getattr(model, "clip_record", lambda: None)(),
+                   "config": _portable_config(config_dict(cfg), portable_path, portable_spec)},
+        "clip": _portable_clip(getattr(model, "clip_record", lambda: None)(), portable_spec),
         "training": {"max_iter": cfg.SOLVER.MAX_ITER, "resumed_from_iter": resumed_from, "eval_only": req.eval_only,
                      "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "world_size": comm.get_world_size(),
                      "final_total_loss": history.latest() if history else None, "train_time_s": round(train_time, 1),
-                     "output_dir": output_dir},
+                     "output_dir": portable_path(output_dir)},
         "leakage": leakage,
-        "dataset": {"root": root, "train_images": _train_size(cfg)},
+        "dataset": {"root": portable_path(root), "train_images": _train_size(cfg)},
         "metrics": score(cm, protocol, n_boot=cfg.ZSS.N_BOOT, seed=cfg.SEED),
         "provenance": collect_provenance(seed=cfg.SEED, started=_iso(started), duration_s=round(time.time() - started, 1),
                                          world_size=comm.get_world_size(), device=cfg.MODEL.DEVICE),
     }
     run_dir = write_run(req.results_root, record, cm)
     (Path(output_dir) / RECORD_POINTER).write_text(str(run_dir))
+
+
+def _portable_config(doc: dict, portable_path, portable_spec) -> dict:
+    """The resolved config with its machine paths relative to their roots (the hash is of the real one)."""
+    doc["OUTPUT_DIR"] = portable_path(doc.get("OUTPUT_DIR", ""))
+    doc["MODEL"]["WEIGHTS"] = portable_path(doc["MODEL"].get("WEIGHTS", ""))
+    doc["ZSS"]["DATA_ROOT"] = portable_path(doc["ZSS"].get("DATA_ROOT", ""))
+    doc["ZSS"]["CLIP"] = portable_spec(doc["ZSS"].get("CLIP", ""))
+    return doc
+
+
+def _portable_clip(block: dict | None, portable_spec) -> dict | None:
+    if block and block.get("spec"):
+        block = {**block, "spec": portable_spec(block["spec"])}
+    return block
 
 
 def _iso(t: float) -> str:

@@ -14,23 +14,21 @@ from torch import nn
 from zss_bench.clip import LoadedClip, PartialViT, class_text_embeddings, load_clip
 from zss_bench.protocol import Protocol
 
-TOY = "toy"
+REAL_DEFAULT = "ViT-B-16:openai"
 
 
 def resolve_clip_spec(spec: str, protocol: Protocol) -> str:
-    """'' -> the protocol's default CLIP: the offline toy CLIP for synth, ViT-B/16 otherwise."""
+    """'' -> the protocol's default CLIP: the shipped toy CLIP tag for synth (``zss-toy-vit:synth-v1``,
+    the same weights on every machine), ViT-B/16 (OpenAI weights) otherwise."""
     if spec:
         return spec
-    return TOY if protocol.dataset == "synth" else "ViT-B-16:openai"
+    from zss_bench.clip.shipped import reference_toy_spec
+
+    return reference_toy_spec() if protocol.dataset == "synth" else REAL_DEFAULT
 
 
 def load_run_clip(spec: str, protocol: Protocol, device) -> LoadedClip:
-    spec = resolve_clip_spec(spec, protocol)
-    if spec == TOY:
-        from zss_bench.clip.toy import default_toy_clip
-
-        return default_toy_clip(device=str(device))
-    return load_clip(spec, device=str(device))
+    return load_clip(resolve_clip_spec(spec, protocol), device=str(device))
 
 
 class ClipTeacher(nn.Module):

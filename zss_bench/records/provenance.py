@@ -45,25 +45,64 @@ def package_versions() -> dict:
     return versions
 
 
-def device_info() -> dict:
-    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def device_info(device: str | None = None) -> dict:
+    """The machine a result came from. CPU training is deterministic on one CPU type but not
+    across types, so the CPU model and torch's CPU kernel capability (``AVX2``, ``AVX512``...)
+    are what explain a difference between two machines' numbers; on GPU, the device's name."""
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model()}
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
+        try:
+            info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        except (AttributeError, RuntimeError):
+            info["cpu_capability"] = None
         if torch.cuda.is_available():
             info["cuda"] = torch.version.cuda
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    if device is not None:
+        info["device"] = str(device)
+        if str(device).startswith("cuda") and torch is not None and torch.cuda.is_available():
+            info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        else:
+            info["device_name"] = f"cpu ({info['cpu_model'] or platform.machine()}, {info.get('cpu_capability')})"
     return info
 
 
-def collect_provenance(seed: int | None = None, **extra) -> dict:
-    """Provenance block for a run record; ``extra`` (times, argv, batch size...) is merged in."""
+def machine_summary(device: dict | None) -> str:
+    """One line naming the machine of a record's ``provenance.device`` block."""
+    d = device or {}
+    name = d.get("device_name") or d.get("cpu_model") or d.get("machine") or "unknown machine"
+    extra = [f"{d['cpu_count']} cores" if d.get("cpu_count") else "", f"torch threads {d['torch_threads']}"
+             if d.get("torch_threads") else ""]
+    return ", ".join([name, *[e for e in extra if e]])
+
+
+def collect_provenance(seed: int | None = None, device: str | None = None, **extra) -> dict:
+    """Provenance block for a run record; ``extra`` (times, argv, batch size...) is merged in.
+    ``device`` (the run's torch device) is described under ``device``; paths in ``argv`` that
+    point into the cache or the home folder are stored relative to those roots."""
+    from zss_bench.records.paths import portable_path
+
     prov = {
         "git": git_state(),
         "versions": package_versions(),
-        "device": device_info(),
+        "device": device_info(device),
         "seed": seed,
-        "argv": list(sys.argv),
+        "argv": [portable_path(a) for a in sys.argv],
     }
     prov.update(extra)
     return prov
