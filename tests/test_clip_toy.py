@@ -53,9 +53,7 @@ def test_cache_reuse_does_not_train(trained, monkeypatch):
 
     monkeypatch.setenv("ZSS_BENCH_CACHE", str(trained["cache"]))
     monkeypatch.setattr(toy, "_train", no_training)
-    t0 = time.perf_counter()
-    path, info = toy.pretrain_toy_clip(progress=False, **MICRO)
-    assert time.perf_counter() - t0 < 1
+    path, info = toy.pretrain_toy_clip(progress=False, **MICRO)  # _train would raise: no training
     assert path == trained["path"] and info == trained["info"]
     with pytest.raises(AssertionError, match="trained again"):  # any change is a new config
         toy.pretrain_toy_clip(progress=False, **{**MICRO, "seed": 1})
