@@ -248,3 +248,82 @@ def test_default_output_dir_is_per_dataset_root(prepared, tmp_path, isolated_cac
     dirs = [_resolve(_request(root, tmp_path, opts=tiny(3)))[3].OUTPUT_DIR for root in (prepared, prepared, other)]
     assert dirs[0] == dirs[1] != dirs[2]  # same config, same seed: one folder per dataset root
     assert Path(dirs[0]).name.endswith("-seed0") and Path(dirs[0]).parent == Path(dirs[2]).parent
+
+
+def test_run_refuses_to_delete_an_earlier_runs_checkpoints(prepared, tmp_path, capsys):
+    from zss_bench.engine.run import RunFolderError
+
+    out = tmp_path / "train"
+    run_method(_request(prepared, tmp_path, output_dir=str(out), opts=tiny(3, 2)))
+    kept = sorted(p.name for p in out.glob("model_*.pth"))
+    assert "model_final.pth" in kept
+    with pytest.raises(RunFolderError, match=r"earlier run's checkpoints .*--resume continues.*--overwrite"):
+        run_method(_request(prepared, tmp_path, output_dir=str(out), opts=tiny(3, 2)))
+    assert sorted(p.name for p in out.glob("model_*.pth")) == kept  # nothing was deleted
+    rc, _, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root",
+                         str(prepared), "--results", str(tmp_path / "results"), "--output-dir", str(out), *tiny(3, 2))
+    last = err.splitlines()[-1]  # (earlier lines can be other tests' loggers writing to closed capture streams)
+    assert rc == 2 and last.startswith("zss-bench run: error: ") and "--overwrite" in last
+    again = run_method(_request(prepared, tmp_path, output_dir=str(out), overwrite=True, opts=tiny(3, 2)))
+    assert load_run(again).record["training"]["resumed_from_iter"] == 0
+
+
+def test_interrupted_grid_cell_resumes_to_the_uninterrupted_record(prepared, tmp_path, isolated_cache):
+    """Kill a grid cell mid-training, re-run the grid: it resumes from the last checkpoint (not from
+    iteration 0, and without deleting it) and its record equals an uninterrupted grid's."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("protocol: synth-15-5\ncells:\n  - {method: seen-only, label: g, seeds: [2]}\n")
+    exe = [sys.executable, "-m", "zss_bench.cli", "grid", str(grid), "--data-root", str(prepared), "--opts", *tiny(24, 4)]
+    env = {**os.environ, "ZSS_BENCH_CACHE": str(isolated_cache), "PYTHONUNBUFFERED": "1"}
+
+    def grid_cmd(name):
+        return [*exe[:4], "--results", str(tmp_path / name / "results"), "--work-dir", str(tmp_path / name / "work"),
+                *exe[4:]]
+
+    full = subprocess.run(grid_cmd("full"), env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    proc = subprocess.Popen(grid_cmd("cut"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "cut" / "work").rglob("model_0000007.pth")):
+        assert proc.poll() is None, "the grid ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(grid_cmd("cut"), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    (a,) = (tmp_path / "full" / "results").rglob("record.json")
+    (b,) = (tmp_path / "cut" / "results").rglob("record.json")
+    assert load_run(b.parent).record["training"]["resumed_from_iter"] >= 4
+    (ma, cma), (mb, cmb) = _record_core(a.parent), _record_core(b.parent)
+    np.testing.assert_array_equal(cma.matrix, cmb.matrix)
+    assert json.dumps(ma, sort_keys=True) == json.dumps(mb, sort_keys=True)
+    # training finished but the record is gone (evaluation cut off): the grid re-evaluates, never retrains
+    import shutil
+
+    shutil.rmtree(b.parent)
+    third = subprocess.run(grid_cmd("cut"), env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-2000:]
+    (c,) = (tmp_path / "cut" / "results").rglob("record.json")
+    assert load_run(c.parent).record["training"]["resumed_from_iter"] == 24
+    np.testing.assert_array_equal(_record_core(c.parent)[1].matrix, cma.matrix)
+
+
+def test_ctrl_c_ends_with_one_line_and_keeps_the_checkpoint(prepared, tmp_path, isolated_cache):
+    out = tmp_path / "train"
+    cmd = [sys.executable, "-m", "zss_bench.cli", "run", "--method", "seen-only", "--protocol", "synth-15-5",
+           "--data-root", str(prepared), "--results", str(tmp_path / "results"), "--output-dir", str(out),
+           *tiny(200, 2)]
+    env = {**os.environ, "ZSS_BENCH_CACHE": str(isolated_cache), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "model_0000003.pth").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert "interrupted at iteration" in err.splitlines()[-1] and "--resume" in err.splitlines()[-1]
+    assert (out / "model_0000003.pth").exists()

@@ -189,6 +189,7 @@ def cmd_run(args) -> int:
 
     req = RunRequest(method=args.method, protocol=args.protocol, data_root=args.data_root, clip=args.clip or "",
                      seed=args.seed, output_dir=args.output_dir, resume=args.resume, eval_only=args.eval_only,
+                     overwrite=args.overwrite,
                      num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                      dist_url=args.dist_url, opts=args.opts, results_root=args.results, work_root=args.work_dir)
     run_dir = run_method(req)
@@ -363,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="training outputs (default: work_dirs/<protocol>/<method>/<config-hash>-seed<S>)")
     p.add_argument("--work-dir", default="work_dirs", help="root of default output dirs (default: work_dirs)")
     p.add_argument("--results", default="results", help="results root for the run record (default: results)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir "
+                   "(a finished run is only evaluated again)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run's checkpoints in the output dir "
+                   "and start over (without it such a folder is refused)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the last checkpoint (or MODEL.WEIGHTS) only")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs; on CPU: gloo processes)")
     p.add_argument("--num-machines", type=int, default=1)
@@ -430,6 +434,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.clip.loading import ClipLoadError
     from zss_bench.engine.grid import GridError
     from zss_bench.engine.reproduce import ReproduceError
+    from zss_bench.engine.run import RunFolderError
     from zss_bench.engine.trainer import TrainingDiverged
     from zss_bench.evaluation.pred_dir import EvaluationInputError
     from zss_bench.protocol import ProtocolError
@@ -437,7 +442,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.registry import UnknownNameError
 
     return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
-            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError, ReproduceError)
+            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError, ReproduceError, RunFolderError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -447,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"zss-bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"zss-bench {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

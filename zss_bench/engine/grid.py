@@ -6,7 +6,11 @@ protocol hash, method, config label and seed, and made with the CLIP weights thi
 use now) are skipped, so an interrupted grid resumes. A record made with other CLIP weights (a
 toy CLIP pretrained on another CPU, another checkpoint) does not count: the cell runs again, so a
 table regenerated from one grid never silently mixes teachers. Knowing those weights means loading
-the CLIP once per grid, so even ``--dry-run`` pretrains the toy CLIP where it is not cached yet.
+the CLIP once per grid (for synth protocols the shipped tag ``zss-toy-vit:synth-v1``: seconds).
+
+A due cell runs with ``--resume``: a cell killed mid-training continues from its last checkpoint
+(bit-for-bit the uninterrupted run), and a cell whose training finished but whose evaluation was
+cut off is only evaluated again; a grid never deletes a checkpoint.
 
 A cell with ``eval_of: LABEL`` trains nothing: it re-evaluates the final checkpoint of the cell
 ``LABEL`` (same method and seed) with its own ``opts``, for test-time-only variants (a
@@ -66,7 +70,7 @@ def load_grid(path: str | Path) -> tuple[str, list[Cell]]:
 
 class ClipWeights:
     """The weights hash of the CLIP a cell would run with on this machine, per CLIP spec, computed
-    once (loading the cached toy CLIP, or pretraining it on first use, as the run itself would)."""
+    once (loading it as the run itself would)."""
 
     def __init__(self, protocol: Protocol):
         self.protocol, self._hashes = protocol, {}
@@ -142,7 +146,11 @@ def run_grid(path: str | Path, *, results: str = "results", work_dir: str = "wor
         if _done(results, protocol, protocol_hash, cell, clip_hash):
             print(f"{tag}: record exists, skipped", flush=True)
             continue
-        flags, weights = [], []
+        stale = _done(results, protocol, protocol_hash, cell)  # a record, but made with other CLIP weights
+        # an interrupted cell continues and a finished one is re-evaluated; a checkpoint trained with
+        # another teacher is never continued or re-scored with this one: that cell starts over
+        flags, weights = (["--overwrite"] if stale else ["--resume"]), []
+        why = "its record used other CLIP weights: retrain" if stale else "no record yet"
         if cell.eval_of is not None:
             flags = ["--eval-only"]
             try:
@@ -157,10 +165,14 @@ def run_grid(path: str | Path, *, results: str = "results", work_dir: str = "wor
                "--seed", str(cell.seed), "--results", results, "--work-dir", work_dir,
                *(["--data-root", str(data_root)] if data_root else []), *flags, *cell.opts, *weights,
                "ZSS.LABEL", cell.label, *(extra or [])]
-        print(f"{tag}: {' '.join(cmd[3:])}", flush=True)
+        print(f"{tag}: due ({why}): {' '.join(cmd[3:])}", flush=True)
         if dry_run:
             continue
-        rc = subprocess.run(cmd).returncode
+        try:
+            rc = subprocess.run(cmd).returncode
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted in cell {tag}; re-run the grid to continue (the cell resumes "
+                                    "from its last checkpoint)") from None
         if rc:
             failures += 1
             print(f"{tag}: FAILED (exit {rc}); continuing with the next cell", flush=True)

@@ -23,6 +23,18 @@ RECORD_POINTER = "record_dir.txt"
 SYNTH_WORLD = {"seed": 0, "size": 64, "n_train": 2000, "n_val": 300}
 
 
+class RunFolderError(ValueError):
+    """The training folder holds an earlier run that this command would destroy."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: says where it stopped and how to continue (one line, no traceback)."""
+
+    def __init__(self, iteration: int, output_dir: str):
+        super().__init__(f"interrupted at iteration {iteration}; the last checkpoint in {output_dir} is kept: "
+                         "re-run the same command with --resume (or the grid) to continue")
+
+
 @dataclass
 class RunRequest:
     method: str
@@ -33,6 +45,7 @@ class RunRequest:
     output_dir: str | None = None
     resume: bool = False
     eval_only: bool = False
+    overwrite: bool = False
     num_gpus: int = 1
     num_machines: int = 1
     machine_rank: int = 0
@@ -107,8 +120,14 @@ def run_method(req: RunRequest) -> Path:
     protocol, plugin, root, cfg = _resolve(req)
     out = Path(cfg.OUTPUT_DIR)
     if not req.resume and not req.eval_only and out.exists():
+        earlier = sorted(p.name for p in out.glob("model_*.pth"))
+        if (earlier or (out / "last_checkpoint").exists()) and not req.overwrite:
+            shown = ", ".join(earlier[-3:]) or "last_checkpoint"
+            raise RunFolderError(
+                f"{out} holds an earlier run's checkpoints ({shown}); --resume continues that run, "
+                "--overwrite deletes them and starts over, --output-dir DIR trains elsewhere")
         for stale in [*out.glob("model_*.pth"), out / "last_checkpoint", out / "metrics.json", out / RECORD_POINTER]:
-            stale.unlink(missing_ok=True)  # a fresh run must not silently continue an old one
+            stale.unlink(missing_ok=True)  # --overwrite: a fresh run must not silently continue an old one
     out.mkdir(parents=True, exist_ok=True)
     (out / RECORD_POINTER).unlink(missing_ok=True)
     (out / "config.yaml").write_text(cfg.dump())
@@ -151,7 +170,10 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
     trainer.resume_or_load(resume=req.resume or req.eval_only)
     resumed_from = trainer.start_iter
     if not req.eval_only:
-        trainer.train()
+        try:
+            trainer.train()
+        except KeyboardInterrupt:
+            raise RunInterrupted(int(getattr(trainer, "iter", resumed_from)), output_dir) from None
     train_time = time.time() - started
     model = trainer.bare_model
     leakage = _leakage_guard(protocol, audit, trainer)
