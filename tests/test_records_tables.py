@@ -122,8 +122,8 @@ def test_compare_paired_bootstrap(voc_folders, tmp_path, capsys):
                         pred_dir=_noisier_preds(voc_folders, tmp_path, "good", 0.02, 1))
     bad = _evaluate_to(capsys, voc_folders, results, "bad", 0,
                        pred_dir=_noisier_preds(voc_folders, tmp_path, "bad", 0.6, 2))
-    same = run_cli_json(capsys, "compare", str(good), str(good), "--json", "--n-boot", "300")
-    assert same["metrics"]["hIoU"]["delta"] == 0 and same["metrics"]["hIoU"]["p_value"] == 1
+    rc, _, err = run_cli(capsys, "compare", str(good), good.name, "--results", str(results))
+    assert rc == 2 and "are the same run" in err  # a run against itself is refused, not a delta of 0
     diff = run_cli_json(capsys, "compare", str(bad), good.name, "--results", str(results), "--json", "--n-boot", "300")
     h = diff["metrics"]["hIoU"]
     assert h["delta"] > 0 and h["low"] > 0 and h["p_value"] < 0.05
@@ -140,6 +140,11 @@ def test_compare_refuses_different_protocols(tmp_path, capsys):
     assert rc == 2 and "different protocol definitions" in err
     rc, out, err = run_cli(capsys, "compare", "nope", str(b), "--results", str(tmp_path))
     assert rc == 2 and "no run 'nope'" in err
+
+
+def test_leaderboard_of_a_missing_folder_is_an_error(tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "leaderboard", "--results", str(tmp_path / "nonexistent"))
+    assert rc == 2 and f"results folder {tmp_path / 'nonexistent'} does not exist" in err and out == ""
 
 
 def test_newer_schema_is_skipped_with_reason(tmp_path):

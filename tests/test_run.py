@@ -327,3 +327,25 @@ def test_ctrl_c_ends_with_one_line_and_keeps_the_checkpoint(prepared, tmp_path, 
     assert "Traceback" not in err
     assert "interrupted at iteration" in err.splitlines()[-1] and "--resume" in err.splitlines()[-1]
     assert (out / "model_0000003.pth").exists()
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.CHIMERA.SGD.WIEGHT", "1"], "unknown config key MODEL.CHIMERA.SGD.WIEGHT; did you mean MODEL.CHIMERA.SGD.WEIGHT?"),
+    (["SOLVER.MAX_ITER", "twenty"], "SOLVER.MAX_ITER expects int (default 600), got 'twenty'"),
+    (["SOLVER.MAX_ITER", "4", "SOLVER.BASE_LR"], "overrides must be KEY VALUE pairs; got 3 items and 'SOLVER.BASE_LR' has no value"),
+])
+def test_config_override_errors_are_one_line_before_any_model(prepared, tmp_path, capsys, monkeypatch, opts, message):
+    import zss_bench.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer.ZSSTrainer, "__init__", lambda *a, **k: pytest.fail("a model was built"))
+    rc, _, err = run_cli(capsys, "run", "--method", "chimera", "--protocol", "synth-15-5", "--data-root", str(prepared),
+                         "--results", str(tmp_path / "results"), "--output-dir", str(tmp_path / "out"), *opts)
+    assert rc == 2
+    assert err.splitlines()[-1] == f"zss-bench run: error: {message}" or message in err.splitlines()[-1]
+
+
+def test_run_without_a_dataset_root_names_its_own_flag(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    rc, _, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "voc-15-5",
+                         "--results", str(tmp_path / "results"))
+    assert rc == 2 and "pass --data-root DIR or set DETECTRON2_DATASETS" in err.splitlines()[-1]

@@ -113,6 +113,10 @@ def cmd_leaderboard(args) -> int:
         from zss_bench.protocol import load_protocol
 
         load_protocol(args.protocol)  # unknown name -> did-you-mean error
+    if not Path(args.results).is_dir():
+        from zss_bench.records.store import RecordError
+
+        raise RecordError(f"results folder {args.results} does not exist (pass --results DIR, the folder that holds runs/)")
     runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_skip_printer)
     text = render_leaderboard(aggregate(runs), fmt=args.format, convention=args.convention)
     if args.out:
@@ -128,6 +132,10 @@ def cmd_compare(args) -> int:
     from zss_bench.tables import compare_runs, render_comparison
 
     a, b = resolve_run(args.run_a, args.results), resolve_run(args.run_b, args.results)
+    if a.path.resolve() == b.path.resolve():
+        from zss_bench.records.store import RecordError
+
+        raise RecordError(f"RUN_A and RUN_B are the same run ({a.path}); a paired comparison needs two runs")
     result = compare_runs(a, b, convention=args.convention, n_boot=args.n_boot, seed=args.seed)
     print(json.dumps(result, indent=2) if args.json else render_comparison(result), end="\n")
     return 0
@@ -434,6 +442,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.clip.loading import ClipLoadError
     from zss_bench.engine.grid import GridError
     from zss_bench.engine.reproduce import ReproduceError
+    from zss_bench.engine.config import ConfigOverrideError
     from zss_bench.engine.run import RunFolderError
     from zss_bench.engine.trainer import TrainingDiverged
     from zss_bench.evaluation.pred_dir import EvaluationInputError
@@ -442,7 +451,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.registry import UnknownNameError
 
     return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
-            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError, ReproduceError, RunFolderError)
+            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError, ReproduceError, RunFolderError,
+            ConfigOverrideError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,12 +37,13 @@ class Problem:
         return f"{self.path}: {self.message}"
 
 
-def dataset_root(root: str | Path | None) -> Path:
-    """``root`` if given, else ``$DETECTRON2_DATASETS`` (detectron2's convention)."""
+def dataset_root(root: str | Path | None, flag: str = "--root") -> Path:
+    """``root`` if given, else ``$DETECTRON2_DATASETS`` (detectron2's convention); ``flag`` is the
+    command-line option that gives it (``prepare --root``, ``run --data-root``), for the error."""
     if root is None:
         env = os.environ.get("DETECTRON2_DATASETS")
         if not env:
-            raise DatasetLayoutError("no dataset root: pass --root DIR or set DETECTRON2_DATASETS")
+            raise DatasetLayoutError(f"no dataset root: pass {flag} DIR or set DETECTRON2_DATASETS")
         root = env
     root = Path(root).expanduser()
     if not root.is_dir():

@@ -34,6 +34,45 @@ def add_zss_config(cfg) -> None:
     cfg.SOLVER.GRAD_CLIP = 0.0  # max grad norm; 0 = off
 
 
+class ConfigOverrideError(ValueError):
+    """A KEY VALUE override that does not fit the config: the message names the key and the fix."""
+
+
+def _flat_keys(node, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, CN):
+            out.update(_flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def apply_overrides(cfg, opts: list[str]) -> None:
+    """``cfg.merge_from_list(opts)`` with one-line errors instead of yacs tracebacks: an odd
+    count, an unknown key (with "did you mean"), a value of the wrong type (with the expected one)."""
+    from zss_bench.registry import suggest
+
+    if len(opts) % 2:
+        raise ConfigOverrideError(f"overrides must be KEY VALUE pairs; got {len(opts)} items and "
+                                  f"'{opts[-1]}' has no value")
+    known = _flat_keys(cfg)
+    for key, value in zip(opts[::2], opts[1::2]):
+        if key not in known:
+            parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+            close = suggest(key, [k for k in known if k.startswith(parent)] or known, n=1, cutoff=0.5) \
+                or suggest(key, known, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigOverrideError(f"unknown config key {key}{hint} (`zss-bench run ... KEY VALUE` sets "
+                                      "keys of the method's resolved config)")
+        try:
+            cfg.merge_from_list([key, value])
+        except (ValueError, AssertionError, SyntaxError) as exc:
+            default = known[key]
+            raise ConfigOverrideError(
+                f"{key} expects {type(default).__name__} (default {default!r}), got {value!r}") from None
+
+
 def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root: str = "", clip: str = "",
                      opts: list[str] | None = None):
     """The frozen config of one run of ``plugin`` on ``protocol``."""
@@ -42,9 +81,7 @@ def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root:
     plugin.add_config(cfg)
     cfg.merge_from_file(str(plugin.config_file(protocol.name)))
     opts = list(opts or [])
-    if len(opts) % 2:
-        raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-    cfg.merge_from_list(opts)
+    apply_overrides(cfg, opts)
     cfg.ZSS.METHOD = plugin.name
     cfg.ZSS.PROTOCOL = protocol.name
     cfg.ZSS.PROTOCOL_HASH = protocol.content_hash

@@ -83,7 +83,7 @@ def ensure_dataset(protocol: Protocol, data_root: str | None) -> Path:
     if protocol.dataset == "synth" and not data_root:
         root = default_synth_world()
     else:
-        root = dataset_root(data_root)
+        root = dataset_root(data_root, flag="--data-root")
     try:
         load_index(protocol, root)
     except PrepareError:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import weakref
 
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
@@ -38,6 +40,33 @@ class _SeedEachStep(hooks.HookBase):
 
     def before_step(self):
         torch.manual_seed(self.seed * 1_000_003 + self.trainer.iter)
+
+
+class _StopAtSafePoint(hooks.HookBase):
+    """Ctrl-C stops training between steps, after that step's checkpoint is written: a SIGINT in
+    the middle of ``torch.save`` would leave a torn ``model_*.pth``. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def before_train(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+
+    def after_step(self):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def after_train(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class ZSSTrainer(DefaultTrainer):
@@ -118,6 +147,7 @@ class ZSSTrainer(DefaultTrainer):
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
             writers = [CommonMetricPrinter(self.max_iter), JSONWriter(f"{self.cfg.OUTPUT_DIR}/metrics.json")]
             ret.append(hooks.PeriodicWriter(writers, period=max(1, min(20, self.max_iter // 10 or 1))))
+        ret.append(_StopAtSafePoint())  # last: runs after the step's checkpoint
         return ret
 
     def train(self):
