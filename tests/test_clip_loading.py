@@ -239,3 +239,9 @@ def test_tag_from_local_cache_needs_no_network(micro, tmp_path, monkeypatch):
     _assert_same_weights(clip.model, sd)
     assert clip.preprocess_cfg["mean"] == [0.1, 0.2, 0.3]
     assert clip.weights_hash == loading.file_sha256(path)
+
+
+def test_missing_folder_says_so_not_unknown_model(tmp_path):
+    with pytest.raises(ClipLoadError, match="no such file or directory") as exc:
+        load_clip(str(tmp_path / "missing" / "dir"))
+    assert "unknown CLIP model" not in str(exc.value)

@@ -179,3 +179,35 @@ def test_leaderboard_never_averages_runs_with_different_clip_weights(tmp_path):
     assert rows == {"aaaa1111": (2, 41.0), "bbbb2222": (1, 50.0), "-": (1, 1.0)}
     text = render_leaderboard(table)
     assert "CLIP weights" in text and "aaaa1111" in text and "bbbb2222" in text
+
+
+def test_leaderboard_counts_one_run_per_seed_and_warns_about_duplicates(tmp_path):
+    def record(run_id, seed, h):
+        block = {"mIoU_seen": 50.0, "mIoU_unseen": 30.0, "hIoU": h, "pAcc": 60.0, "mIoU": 45.0}
+        return {"run_id": run_id, "kind": "run", "protocol": {"name": "synth-15-5", "version": 1, "hash": "abc"},
+                "method": {"name": "m", "label": "default"}, "provenance": {"seed": seed}, "clip": None,
+                "metrics": {"convention": "mmseg", "conventions": {"mmseg": block}}}
+
+    write_run(tmp_path, record("20261201-000000-aaaaaa", 0, 40.0))
+    write_run(tmp_path, record("20261202-000000-bbbbbb", 0, 44.0))  # seed 0 again, newer
+    write_run(tmp_path, record("20261201-000000-cccccc", 1, 50.0))
+    said = []
+    table = aggregate(collect_runs(tmp_path, on_skip=said.append))
+    row = table.iloc[0]
+    assert int(row.runs) == 2 and row.hIoU_mean == pytest.approx(47.0)  # newest seed 0 (44) and seed 1 (50)
+    assert len(said) == 1 and "duplicate run of m [default] seed 0" in said[0]
+    assert "20261202-000000-bbbbbb" in said[0] and "20261201-000000-aaaaaa" in said[0]
+
+
+def test_compare_names_both_sides_and_warns_about_different_teachers(voc_folders, tmp_path, capsys):
+    results = tmp_path / "results"
+    a = _evaluate_to(capsys, voc_folders, results, "ma", 0)
+    b = _evaluate_to(capsys, voc_folders, results, "mb", 1, pred_dir=_noisier_preds(voc_folders, tmp_path, "b", 0.3, 2))
+    for run, clip_hash in ((a, "aaaa" * 16), (b, "bbbb" * 16)):
+        rec = json.loads((run / "record.json").read_text())
+        rec["clip"] = {"weights_hash": clip_hash}
+        (run / "record.json").write_text(json.dumps(rec))
+    rc, out, err = run_cli(capsys, "compare", str(a), str(b), "--n-boot", "50")
+    assert rc == 0, err
+    assert "A = ma [predictions] seed 0, CLIP aaaaaaaa" in out and "B = mb [predictions] seed 1, CLIP bbbbbbbb" in out
+    assert "warning: the two runs used different CLIP teachers" in out

@@ -349,3 +349,12 @@ def test_run_without_a_dataset_root_names_its_own_flag(tmp_path, capsys, monkeyp
     rc, _, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "voc-15-5",
                          "--results", str(tmp_path / "results"))
     assert rc == 2 and "pass --data-root DIR or set DETECTRON2_DATASETS" in err.splitlines()[-1]
+
+
+def test_run_label_flag_names_the_leaderboard_row(prepared, tmp_path, capsys):
+    rc, out, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root",
+                           str(prepared), "--results", str(tmp_path / "results"), "--work-dir", str(tmp_path / "w"),
+                           "--label", "my-trial", *tiny(2))
+    assert rc == 0, err
+    run_dir = Path(out.strip().splitlines()[-1].split("record: ")[1])
+    assert load_run(run_dir).record["method"]["label"] == "my-trial"

@@ -199,7 +199,8 @@ def cmd_run(args) -> int:
                      seed=args.seed, output_dir=args.output_dir, resume=args.resume, eval_only=args.eval_only,
                      overwrite=args.overwrite,
                      num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                     dist_url=args.dist_url, opts=args.opts, results_root=args.results, work_root=args.work_dir)
+                     dist_url=args.dist_url, opts=[*args.opts, *(["ZSS.LABEL", args.label] if args.label else [])],
+                     results_root=args.results, work_root=args.work_dir)
     run_dir = run_method(req)
     if args.machine_rank == 0:
         from zss_bench.records import load_run
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results root for the run record (default: results)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir "
                    "(a finished run is only evaluated again)")
+    p.add_argument("--label", help="config label shown in the leaderboard (= ZSS.LABEL; default: derived from the overrides)")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run's checkpoints in the output dir "
                    "and start over (without it such a folder is refused)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the last checkpoint (or MODEL.WEIGHTS) only")

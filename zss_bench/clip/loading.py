@@ -209,6 +209,9 @@ def _parse(spec: str) -> _Spec:
         return _Spec("dir", "", spec[len("local-dir:"):])
     if ":" not in spec and Path(spec).expanduser().is_dir():
         return _Spec("dir", "", spec)
+    if ":" not in spec and _looks_like_path(spec) and not Path(spec).expanduser().exists():
+        raise ClipLoadError(f"{spec}: no such file or directory (a CLIP folder holds open_clip_config.json + weights; "
+                            "a checkpoint file is given as NAME:/path/to/file)")
     if ":" not in spec:
         if spec in TOY_MODELS:
             from zss_bench.clip.shipped import REFERENCE_TOY

@@ -44,9 +44,27 @@ def compare_runs(a: LoadedRun, b: LoadedRun, *, convention: str | None = None, n
     conv = convention or a.record["metrics"].get("convention", "mmseg")
     result = paired_bootstrap(_stats(a), _stats(b), list(seen_ids), list(unseen_ids),
                               convention=conv, n_boot=n_boot, seed=seed)
+    ca, cb = _clip_hash(a), _clip_hash(b)
+    warnings = []
+    if ca and cb and ca != cb:
+        warnings.append(f"the two runs used different CLIP teachers ({ca[:8]} vs {cb[:8]}): the difference "
+                        "mixes the method with the teacher")
     return {"a": str(a.path), "b": str(b.path), "method_a": a.record["method"]["name"],
-            "method_b": b.record["method"]["name"], "protocol": pa["name"], "convention": conv,
+            "method_b": b.record["method"]["name"], "side_a": _side(a), "side_b": _side(b), "warnings": warnings,
+            "protocol": pa["name"], "convention": conv,
             "n_boot": n_boot, "seed": seed, "metrics": {k: _percent(result[k]) for k, _ in _ROWS}}
+
+
+def _clip_hash(run: LoadedRun) -> str | None:
+    return (run.record.get("clip") or {}).get("weights_hash")
+
+
+def _side(run: LoadedRun) -> str:
+    """'chimera [default] seed 0, CLIP 0bbd62d0': what a reader needs to know which run is which."""
+    rec = run.record
+    clip = _clip_hash(run)
+    return (f"{rec['method']['name']} [{rec['method'].get('label', '?')}] seed {rec.get('provenance', {}).get('seed')}"
+            f", CLIP {clip[:8] if clip else '-'}")
 
 
 def _percent(block: dict) -> dict:
@@ -63,8 +81,10 @@ def render_comparison(result: dict) -> str:
         rows.append([label, _f(m["a"]), _f(m["b"]), _f(m["delta"], signed=True),
                      f"[{_f(m['low'], signed=True)}, {_f(m['high'], signed=True)}]",
                      _p(m["p_value"], result["n_boot"])])
-    head = (f"A = {result['method_a']} ({result['a']})\nB = {result['method_b']} ({result['b']})\n"
-            f"protocol {result['protocol']}, {result['convention']} convention, paired bootstrap over images "
+    head = (f"A = {result.get('side_a', result['method_a'])} ({result['a']})\n"
+            f"B = {result.get('side_b', result['method_b'])} ({result['b']})\n"
+            + "".join(f"warning: {w}\n" for w in result.get("warnings", []))
+            + f"protocol {result['protocol']}, {result['convention']} convention, paired bootstrap over images "
             f"({result['n_boot']} resamples, seed {result['seed']}); delta = B - A, in %\n")
     table = tabulate(rows, headers=["metric", "A", "B", "delta", "95% CI", "p"], tablefmt="github",
                      disable_numparse=True, colalign=("left", "right", "right", "right", "right", "right"))

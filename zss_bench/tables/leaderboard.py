@@ -63,7 +63,21 @@ def collect_runs(results_root, protocol: str | None = None, convention: str | No
             row[key] = float("nan") if value is None else float(value)
         rows.append(row)
     columns = _GROUP + ["seed", "convention", "run_id", "path", *METRICS]
-    return pd.DataFrame(rows, columns=columns)
+    return _one_run_per_seed(pd.DataFrame(rows, columns=columns), report)
+
+
+def _one_run_per_seed(runs: pd.DataFrame, report: Callable[[str], None]) -> pd.DataFrame:
+    """Two records of one (method, config, CLIP weights, seed) are one seed run twice, not two
+    runs: keep the newest (run ids start with their UTC time) and say which were left out."""
+    if runs.empty:
+        return runs
+    runs = runs.sort_values("run_id", kind="stable")
+    dup = runs.duplicated(_GROUP + ["seed"], keep="last")
+    for row in runs[dup].itertuples():
+        kept = runs[~dup & (runs[_GROUP + ["seed"]] == pd.Series(row._asdict())[_GROUP + ["seed"]]).all(axis=1)]
+        report(f"duplicate run of {row.method} [{row.config}] seed {row.seed}: counting the newest "
+               f"({kept.run_id.iloc[0] if len(kept) else '?'}), not {row.path}")
+    return runs[~dup].reset_index(drop=True)
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
