@@ -269,3 +269,31 @@ def test_wrong_dataset_for_protocol_and_missing_root(tmp_path, capsys):
     assert rc == 2 and "is for dataset 'voc', not 'coco-stuff'" in err
     rc, out, err = run_cli(capsys, "prepare", "voc", "--root", str(tmp_path / "nope"))
     assert rc == 2 and "does not exist" in err
+
+
+def test_zss_evaluator_is_a_drop_in_detectron2_evaluator(voc_root, tmp_path):
+    """A stock detectron2 project: SemanticSegmentor + build_detection_test_loader +
+    inference_on_dataset, with ZSSEvaluator, reports hIoU and writes a record."""
+    from detectron2.data import build_detection_test_loader
+    from detectron2.evaluation import inference_on_dataset
+    from detectron2.modeling import build_model
+
+    from zss_bench.data.d2_datasets import register_protocol
+    from zss_bench.engine.evaluator import ZSSEvaluator
+    from zss_bench.records import load_run
+
+    protocol = load_protocol("voc-15-5")
+    prepare_dataset("voc", voc_root["root"], protocol, progress=False)
+    register_protocol(protocol, voc_root["root"])
+    cfg = stock_semantic_segmentor_cfg(num_classes=len(protocol.classes))
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TEST = 40
+    model = build_model(cfg).eval()
+    evaluator = ZSSEvaluator("zss_voc-15-5_val", results_dir=str(tmp_path / "results"), method="stock-d2")
+    results = inference_on_dataset(model, build_detection_test_loader(cfg, "zss_voc-15-5_val"), evaluator)
+    sem = results["sem_seg"]
+    assert {"mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "pAcc"} <= set(sem)
+    assert f"IoU-{protocol.classes[0]}" in sem and 0 <= sem["pAcc"] <= 100
+    rec = load_run(sem["record"]).record
+    assert rec["method"]["name"] == "stock-d2" and rec["metrics"]["hIoU"] == sem["hIoU"]
+    assert rec["protocol"]["hash"] == protocol.content_hash

@@ -3,6 +3,12 @@
 detectron2's own ``SemSegEvaluator`` is replaced because it uses ``np.int`` (gone from
 numpy), RLE-encodes every prediction and is ~100x slower (see ``make bench``); this one keeps
 only the matrix and per-image statistics, reduced across processes with ``all_reduce``.
+
+It is a drop-in evaluator for any detectron2 project (a ZegFormer or zsseg fork): on a dataset
+registered by ``register_protocol`` it returns ``{"sem_seg": {"mIoU", "mIoU_seen", "mIoU_unseen",
+"hIoU", "pAcc", "IoU-<class>"...}}`` (percent, the protocol's headline convention), so
+``inference_on_dataset`` and ``DefaultTrainer.test`` print hIoU, and with ``results_dir`` it also
+writes a zss-bench run record.
 """
 from __future__ import annotations
 
@@ -19,8 +25,10 @@ from zss_bench.metrics import ConfusionMatrix
 class ZSSEvaluator(DatasetEvaluator):
     """Accumulates predictions against the evaluation view (full contiguous ids)."""
 
-    def __init__(self, dataset_name: str):
+    def __init__(self, dataset_name: str, results_dir: str | None = None, method: str = "external",
+                 label: str = "detectron2"):
         meta = MetadataCatalog.get(dataset_name)
+        self.meta, self.results_dir, self.method, self.label = meta, results_dir, method, label
         self.num_classes, self.ignore_label = len(meta.stuff_classes), meta.ignore_label
         self._gt = {d["file_name"]: (d["sem_seg_file_name"], d.get("image_id")) for d in DatasetCatalog.get(dataset_name)}
         self.cm: ConfusionMatrix | None = None
@@ -40,4 +48,39 @@ class ZSSEvaluator(DatasetEvaluator):
     def evaluate(self):
         if comm.get_world_size() > 1:
             self.cm.all_reduce()
-        return {}
+        if not comm.is_main_process():
+            return {}
+        protocol = self._protocol()
+        if protocol is None:  # not a zss-bench registration: no seen/unseen split to score
+            return {}
+        from zss_bench.evaluation import score
+
+        metrics = score(self.cm, protocol, n_boot=0)
+        out = {k: metrics[k] for k in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU", "pAcc")}
+        out.update({f"IoU-{name}": value for name, value in metrics["per_class"].items()})
+        if self.results_dir:
+            out["record"] = str(self._write_record(protocol))
+        return {"sem_seg": out}
+
+    def _protocol(self):
+        name = getattr(self.meta, "zss_protocol", None)
+        if not name:
+            return None
+        from zss_bench.protocol import load_protocol
+
+        protocol = load_protocol(name)
+        if protocol.content_hash != self.meta.zss_protocol_hash:
+            raise ValueError(f"dataset {self.meta.name} was registered with {name} at hash "
+                             f"{self.meta.zss_protocol_hash[:12]}, but that protocol now hashes {protocol.short_hash}")
+        return protocol
+
+    def _write_record(self, protocol):
+        from zss_bench.evaluation import score
+        from zss_bench.records import collect_provenance, write_run
+
+        record = {"kind": "evaluate", "protocol": {"name": protocol.name, "version": protocol.version,
+                                                    "hash": protocol.content_hash},
+                  "method": {"name": self.method, "label": self.label},
+                  "inputs": {"dataset": self.meta.name, "n_images": self.cm.num_images},
+                  "metrics": score(self.cm, protocol), "provenance": collect_provenance(seed=None)}
+        return write_run(self.results_dir, record, self.cm)
