@@ -358,3 +358,20 @@ def test_run_label_flag_names_the_leaderboard_row(prepared, tmp_path, capsys):
     assert rc == 0, err
     run_dir = Path(out.strip().splitlines()[-1].split("record: ")[1])
     assert load_run(run_dir).record["method"]["label"] == "my-trial"
+
+
+def test_default_results_root_is_never_the_committed_folder(prepared, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZSS_BENCH_RESULTS", raising=False)
+    rc, out, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root",
+                           str(prepared), "--work-dir", str(tmp_path / "w"), "--label", "scratch", *tiny(2))
+    assert rc == 0, err
+    assert "record: zss-results/runs/synth-15-5/seen-only/" in out
+    rc, out, err = run_cli(capsys, "leaderboard")  # reads the same default
+    assert rc == 0 and "| seen-only | scratch" in out
+    monkeypatch.setenv("ZSS_BENCH_RESULTS", str(tmp_path / "mine"))
+    rc, out, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root",
+                           str(prepared), "--work-dir", str(tmp_path / "w2"), *tiny(2))
+    assert rc == 0, err
+    assert f"record: {tmp_path / 'mine'}" in out
+    assert len(list((tmp_path / "mine").rglob("record.json"))) == 1

@@ -116,7 +116,8 @@ def cmd_leaderboard(args) -> int:
     if not Path(args.results).is_dir():
         from zss_bench.records.store import RecordError
 
-        raise RecordError(f"results folder {args.results} does not exist (pass --results DIR, the folder that holds runs/)")
+        raise RecordError(f"results folder {args.results} does not exist (pass --results DIR, the folder that holds "
+                          "runs/; the project's committed table is --results results)")
     runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_skip_printer)
     text = render_leaderboard(aggregate(runs), fmt=args.format, convention=args.convention)
     if args.out:
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("leaderboard", help="mean ± std per method over the run records")
-    p.add_argument("--results", default="results", help="results root (default: results)")
+    p.add_argument("--results", default=None, help="results root (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed table: --results results)")
     p.add_argument("--protocol", help="only this protocol")
     p.add_argument("--convention", choices=["mmseg", "detectron2"], help="absent-class convention (default: each protocol's headline)")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
@@ -336,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="paired bootstrap of two runs on the same images")
     p.add_argument("run_a", metavar="RUN_A", help="run directory or run id")
     p.add_argument("run_b", metavar="RUN_B", help="run directory or run id")
-    p.add_argument("--results", default="results", help="where to look up run ids (default: results)")
+    p.add_argument("--results", default=None, help="where to look up run ids (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed table: --results results)")
     p.add_argument("--convention", choices=["mmseg", "detectron2"])
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", help="training outputs (default: work_dirs/<protocol>/<method>/<config-hash>-seed<S>)")
     p.add_argument("--work-dir", default="work_dirs", help="root of default output dirs (default: work_dirs)")
-    p.add_argument("--results", default="results", help="results root for the run record (default: results)")
+    p.add_argument("--results", default=None, help="results root for the run record (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed table: --results results)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir "
                    "(a finished run is only evaluated again)")
     p.add_argument("--label", help="config label shown in the leaderboard (= ZSS.LABEL; default: derived from the overrides)")
@@ -406,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grid", help="run every missing cell of a grid file, one process per cell")
     p.add_argument("grid", help="grid YAML (see grids/)")
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", default=None, help="results root for the records (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed table: --results results)")
     p.add_argument("--work-dir", default="work_dirs")
     p.add_argument("--data-root", help="dataset root passed to every cell")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
@@ -415,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="re-run the exact cell of a record into a scratch folder and test the difference")
     p.add_argument("run", metavar="RUN", help="run directory, its record.json, or a run id under --results")
-    p.add_argument("--results", default="results", help="where to look up run ids (default: results)")
+    p.add_argument("--results", default=None, help="where to look up run ids (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed table: --results results)")
     p.add_argument("--out", help="scratch folder for the re-run (default: $ZSS_BENCH_CACHE/reproduce/<run-id>-<time>); "
                                  "never inside the results root")
     p.add_argument("--data-root", help="the record's dataset, if it is elsewhere on this machine")
@@ -459,6 +460,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "results", "") is None:
+        from zss_bench.records.store import default_results_root
+
+        args.results = default_results_root()
     try:
         return args.func(args)
     except _user_errors() as exc:

@@ -132,8 +132,11 @@ def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell, c
     return weights
 
 
-def run_grid(path: str | Path, *, results: str = "results", work_dir: str = "work_dirs", extra: list[str] | None = None,
+def run_grid(path: str | Path, *, results: str | None = None, work_dir: str = "work_dirs", extra: list[str] | None = None,
              data_root: str | None = None, dry_run: bool = False) -> int:
+    from zss_bench.records.store import default_results_root
+
+    results = results or default_results_root()
     protocol, cells = load_grid(path)
     proto = load_protocol(protocol)
     protocol_hash = proto.content_hash  # an edited protocol makes every cell due again

@@ -289,13 +289,16 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def reproduce(spec: str, *, results: str = "results", out: str | None = None, data_root: str | None = None,
+def reproduce(spec: str, *, results: str | None = None, out: str | None = None, data_root: str | None = None,
               clip_override: str | None = None, n_boot: int = 1000, dry_run: bool = False) -> tuple[dict, str]:
     """Re-run the record ``spec`` (run dir, record.json or run id under ``results``) into ``out``
     (default: a fresh folder under ``$ZSS_BENCH_CACHE/reproduce/``); return (result, report text)."""
     from zss_bench.engine.run import RunRequest, run_method
     from zss_bench.records.store import atomic_write_text, resolve_run
 
+    from zss_bench.records.store import default_results_root
+
+    results = results or default_results_root()
     run = resolve_run(spec, results)
     target = Path(out) if out else scratch_dir(run)
     results_root = run.path.parents[3]  # <results>/runs/<protocol>/<method>/<run-id>

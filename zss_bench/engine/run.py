@@ -51,7 +51,7 @@ class RunRequest:
     machine_rank: int = 0
     dist_url: str = "auto"
     opts: list[str] = field(default_factory=list)
-    results_root: str = "results"
+    results_root: str | None = None  # None: $ZSS_BENCH_RESULTS or ./zss-results (never the committed results/)
     work_root: str = "work_dirs"
 
 
@@ -202,7 +202,9 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         "provenance": collect_provenance(seed=cfg.SEED, started=_iso(started), duration_s=round(time.time() - started, 1),
                                          world_size=comm.get_world_size(), device=cfg.MODEL.DEVICE),
     }
-    run_dir = write_run(req.results_root, record, cm)
+    from zss_bench.records.store import default_results_root
+
+    run_dir = write_run(req.results_root or default_results_root(), record, cm)
     (Path(output_dir) / RECORD_POINTER).write_text(str(run_dir))
 
 

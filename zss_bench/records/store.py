@@ -187,11 +187,24 @@ def iter_runs(results_root: str | Path, on_skip: Callable[[str], None] | None = 
                     report(f"skipping {here / name}: foreign file (run records live in runs/<protocol>/<method>/<run-id>/)")
 
 
-def resolve_run(spec: str | Path, results_root: str | Path = "results") -> LoadedRun:
+RESULTS_ENV = "ZSS_BENCH_RESULTS"
+DEFAULT_RESULTS = "zss-results"
+
+
+def default_results_root() -> str:
+    """Where runs, grids and evaluations write records unless told (``--results DIR``):
+    ``$ZSS_BENCH_RESULTS``, else ``./zss-results``. Never the project's committed ``results/``:
+    a scratch run must not land in the published table; that folder is written only when a
+    command names it (``--results results``)."""
+    return os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS
+
+
+def resolve_run(spec: str | Path, results_root: str | Path | None = None) -> LoadedRun:
     """Find a run by directory, record.json path, or run id (searched under ``results_root``)."""
     path = Path(spec)
     if path.exists():
         return load_run(path)
+    results_root = results_root or default_results_root()
     matches = sorted(Path(results_root).glob(f"runs/*/*/{spec}"))
     if not matches:
         raise RecordError(f"no run '{spec}': not a path, and no run with that id under {Path(results_root) / 'runs'}")
