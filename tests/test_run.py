@@ -54,6 +54,8 @@ def test_tiny_end_to_end_run_writes_a_complete_record(prepared, tmp_path, capsys
                            "--work-dir", str(tmp_path / "work"), *tiny(6))
     assert rc == 0, err
     assert "seen-only [" in out and "U 0.00" in out
+    assert "95% CI over images: S [" in out and "per-class IoU: red circle " in out and "red star* 0.00" in out
+    assert "ResNet(" not in out + err  # the architecture goes to model.txt, not the terminal
     run_dir = Path(out.strip().splitlines()[-1].split("record: ")[1])
     rec = load_run(run_dir).record
     assert rec["kind"] == "run" and rec["protocol"]["name"] == "synth-15-5"
@@ -67,6 +69,7 @@ def test_tiny_end_to_end_run_writes_a_complete_record(prepared, tmp_path, capsys
     cm = ConfusionMatrix.load(run_dir / "confusion.npz")
     assert cm.num_images == 16
     assert Path(rec["training"]["output_dir"], "config.yaml").is_file()
+    assert "ResNet(" in Path(rec["training"]["output_dir"], "model.txt").read_text()
 
 
 def test_unknown_method_suggests(prepared, tmp_path, capsys):
@@ -333,6 +336,8 @@ def test_ctrl_c_ends_with_one_line_and_keeps_the_checkpoint(prepared, tmp_path, 
     (["MODEL.CHIMERA.SGD.WIEGHT", "1"], "unknown config key MODEL.CHIMERA.SGD.WIEGHT; did you mean MODEL.CHIMERA.SGD.WEIGHT?"),
     (["SOLVER.MAX_ITER", "twenty"], "SOLVER.MAX_ITER expects int (default 600), got 'twenty'"),
     (["SOLVER.MAX_ITER", "4", "SOLVER.BASE_LR"], "overrides must be KEY VALUE pairs; got 3 items and 'SOLVER.BASE_LR' has no value"),
+    (["MODEL.CHIMERA.SGD.LOSS", "cosin"],
+     "MODEL.CHIMERA.SGD.LOSS must be one of 'cosine' | 'l1' | 'infonce', got 'cosin'; did you mean 'cosine'?"),
 ])
 def test_config_override_errors_are_one_line_before_any_model(prepared, tmp_path, capsys, monkeypatch, opts, message):
     import zss_bench.engine.trainer as trainer

@@ -211,8 +211,27 @@ def cmd_run(args) -> int:
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         print(f"{rec['method']['name']} [{rec['method']['label']}] on {rec['protocol']['name']} seed {args.seed}: "
               f"S {fmt(m['mIoU_seen'])}  U {fmt(m['mIoU_unseen'])}  hIoU {fmt(m['hIoU'])}  mIoU {fmt(m['mIoU'])}  "
-              f"pAcc {fmt(m['pAcc'])} ({m['convention']})\nrecord: {run_dir}")
+              f"pAcc {fmt(m['pAcc'])} ({m['convention']})")
+        ci = m.get("ci") or {}
+        if ci.get("hIoU"):
+            print("  95% CI over images: " + "  ".join(
+                f"{label} [{fmt(ci[k]['low'])}, {fmt(ci[k]['high'])}]"
+                for k, label in (("mIoU_seen", "S"), ("mIoU_unseen", "U"), ("hIoU", "hIoU")) if ci.get(k)))
+        per_class = m.get("per_class") or {}
+        unseen = set(_unseen_names(rec))
+        print("  per-class IoU: " + ", ".join(f"{name}{'*' if name in unseen else ''} {fmt(v)}"
+                                             for name, v in per_class.items()) + ("  (* unseen)" if unseen else ""))
+        print(f"record: {run_dir}")
     return 0
+
+
+def _unseen_names(rec: dict) -> list[str]:
+    try:
+        from zss_bench.protocol import load_protocol
+
+        return list(load_protocol(rec["protocol"]["name"]).unseen_names)
+    except Exception:  # noqa: BLE001 - only decorates the printout
+        return []
 
 
 def cmd_grid(args) -> int:
@@ -371,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset root (default: $DETECTRON2_DATASETS; synth-15-5: a cached generated world)")
     p.add_argument("--clip", help="CLIP weights: NAME:TAG, NAME:/path/to/checkpoint or a local dir (default: per protocol)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output-dir", help="training outputs (default: work_dirs/<protocol>/<method>/<config-hash>-seed<S>)")
+    p.add_argument("--output-dir", help="training outputs (default: <work-dir>/<protocol>/<method>/"
+                   "<config-hash>-data<dataset-root-hash>-seed<S>)")
     p.add_argument("--work-dir", default="work_dirs", help="root of default output dirs (default: work_dirs)")
     p.add_argument("--results", default=None, help="results root for the run record (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed table: --results results)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the output dir "

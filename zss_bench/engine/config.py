@@ -15,6 +15,28 @@ _NOT_HASHED = ("SEED", "OUTPUT_DIR", "ZSS.DATA_ROOT", "ZSS.LABEL", "SOLVER.CHECK
                "MODEL.DEVICE", "ZSS.N_BOOT", "ZSS.PROGRESS")
 
 
+# String keys with a fixed set of values (method configs add theirs with ``declare_choices``), so a
+# typo ("cosin") fails when the config is built, not at the first training step.
+_CHOICES: dict[str, tuple[str, ...]] = {}
+
+
+def declare_choices(key: str, options) -> None:
+    """Say that config ``key`` takes one of ``options`` (checked by :func:`build_run_config`)."""
+    _CHOICES[key] = tuple(options)
+
+
+def _check_choices(cfg) -> None:
+    from zss_bench.registry import suggest
+
+    flat = _flat_keys(cfg)
+    for key, options in _CHOICES.items():
+        if key in flat and flat[key] not in options:
+            close = suggest(str(flat[key]), options, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigOverrideError(f"{key} must be one of {' | '.join(repr(o) for o in options)}, "
+                                      f"got {flat[key]!r}{hint}")
+
+
 def add_zss_config(cfg) -> None:
     """Keys every zss-bench run has (documented in the README)."""
     cfg.ZSS = CN()
@@ -32,6 +54,8 @@ def add_zss_config(cfg) -> None:
     cfg.ZSS.EVAL.SLIDE_STRIDE = 426
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # SGD | ADAMW
     cfg.SOLVER.GRAD_CLIP = 0.0  # max grad norm; 0 = off
+    declare_choices("ZSS.EVAL.MODE", ("whole", "slide"))
+    declare_choices("SOLVER.OPTIMIZER", ("SGD", "ADAMW", "sgd", "adamw"))
 
 
 class ConfigOverrideError(ValueError):
@@ -82,6 +106,7 @@ def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root:
     cfg.merge_from_file(str(plugin.config_file(protocol.name)))
     opts = list(opts or [])
     apply_overrides(cfg, opts)
+    _check_choices(cfg)
     cfg.ZSS.METHOD = plugin.name
     cfg.ZSS.PROTOCOL = protocol.name
     cfg.ZSS.PROTOCOL_HASH = protocol.content_hash

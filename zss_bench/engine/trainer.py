@@ -90,6 +90,23 @@ class ZSSTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's builder, without printing the architecture (~150 lines) to the terminal:
+        it goes to ``OUTPUT_DIR/model.txt``; the log gets one line."""
+        from detectron2.modeling import build_model
+
+        model = build_model(cfg)
+        if comm.is_main_process() and cfg.OUTPUT_DIR:
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            with open(os.path.join(cfg.OUTPUT_DIR, "model.txt"), "w", encoding="utf-8") as fh:
+                fh.write(f"{model}\n")
+        n = sum(p.numel() for p in model.parameters())
+        k = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(f"model {cfg.MODEL.META_ARCHITECTURE}: {n / 1e6:.2f} M parameters ({k / 1e6:.2f} M trainable); "
+                    f"architecture in {os.path.join(cfg.OUTPUT_DIR, 'model.txt')}")
+        return model
+
     @property
     def bare_model(self):
         model = self._trainer.model
