@@ -113,7 +113,18 @@ def test_missing_predictions_are_an_error_listing_stems(voc_folders, capsys):
     rc, out, err = _evaluate(capsys, voc_folders["gt_dir"], voc_folders["pred_dir"])
     assert rc == 2
     assert "7 ground-truth image(s)" in err and voc_folders["stems"][0] in err and "(7 in all)" in err
-    assert "--allow-missing" in err
+    assert "--allow-missing" in err and "pass --image-list FILE" in err  # a folder of several splits: the list is the fix
+
+
+def test_native_id_predictions_get_a_contiguous_id_hint(voc_folders, capsys):
+    from conftest import save_gray_png
+
+    stem = voc_folders["stems"][0]
+    native_like = np.full_like(voc_folders["preds"][0], 20)  # VOC's native id of the 20th class
+    save_gray_png(voc_folders["pred_dir"] / f"{stem}.png", native_like)
+    rc, out, err = _evaluate(capsys, voc_folders["gt_dir"], voc_folders["pred_dir"])
+    assert rc == 2 and f"{stem}.png" in err and "invalid class ids [20]" in err
+    assert "contiguous ids 0..19 in the protocol's class order" in err and "not the dataset's native ids" in err
 
 
 def test_allow_missing_scores_missing_images_as_all_wrong(voc_folders, capsys):

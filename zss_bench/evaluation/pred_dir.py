@@ -92,7 +92,10 @@ def evaluate_directories(
     if missing and not allow_missing:
         raise EvaluationInputError(
             f"{len(missing)} ground-truth image(s) in {gt_dir} have no prediction in {pred_dir}: "
-            f"{_stems(missing)} (pass --allow-missing to score them as all-wrong)"
+            f"{_stems(missing)} ("
+            + ("if the ground-truth folder holds several splits, pass --image-list FILE with the split you "
+               "predicted (e.g. VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt); " if image_list is None else "")
+            + "--allow-missing scores images without a prediction as all-wrong)"
         )
     lut = protocol.native_lut()
     cm = ConfusionMatrix(protocol.num_classes, ignore_index=protocol.ignore_label, track_images=True)
@@ -117,7 +120,12 @@ def evaluate_directories(
             cm.update(pred, gt, image_ids=[stem])
         except ValueError as exc:
             where = preds.get(stem, gts[stem])
-            raise EvaluationInputError(f"{where}: {exc}") from None
+            hint = ""
+            if str(exc).startswith("pred"):
+                hint = (f" (predictions hold contiguous ids 0..{protocol.num_classes - 1} in the protocol's class "
+                        f"order, {protocol.ignore_label} = no prediction; not the dataset's native ids: "
+                        "map them with the protocol's native_ids table)")
+            raise EvaluationInputError(f"{where}: {exc}{hint}") from None
     return DirectoryEvaluation(protocol, cm, pred_dir, gt_dir, stems, missing, extra)
 
 
