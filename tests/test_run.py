@@ -70,6 +70,7 @@ def test_tiny_end_to_end_run_writes_a_complete_record(prepared, tmp_path, capsys
     assert cm.num_images == 16
     assert Path(rec["training"]["output_dir"], "config.yaml").is_file()
     assert "ResNet(" in Path(rec["training"]["output_dir"], "model.txt").read_text()
+    assert list(Path(rec["training"]["output_dir"]).glob("events.out.tfevents.*"))  # TensorBoard beside metrics.json
 
 
 def test_unknown_method_suggests(prepared, tmp_path, capsys):

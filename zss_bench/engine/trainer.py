@@ -163,6 +163,13 @@ class ZSSTrainer(DefaultTrainer):
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
             writers = [CommonMetricPrinter(self.max_iter), JSONWriter(f"{self.cfg.OUTPUT_DIR}/metrics.json")]
+            try:  # TensorBoard event files beside metrics.json (detectron2's writer), when tensorboard is installed
+                import tensorboard  # noqa: F401
+                from detectron2.utils.events import TensorboardXWriter
+
+                writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
+            except ImportError:
+                pass
             ret.append(hooks.PeriodicWriter(writers, period=max(1, min(20, self.max_iter // 10 or 1))))
         ret.append(_StopAtSafePoint())  # last: runs after the step's checkpoint
         return ret
