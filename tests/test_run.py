@@ -381,3 +381,19 @@ def test_default_results_root_is_never_the_committed_folder(prepared, tmp_path, 
     assert rc == 0, err
     assert f"record: {tmp_path / 'mine'}" in out
     assert len(list((tmp_path / "mine").rglob("record.json"))) == 1
+
+
+def test_grid_dry_run_says_why_each_cell_is_due(prepared, tmp_path, isolated_cache, capsys):
+    from zss_bench.engine.grid import run_grid
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("protocol: synth-15-5\ncells:\n"
+                    "  - {method: seen-only, label: broken, opts: [SOLVER.MAX_ITER, 'twenty'], seeds: [0]}\n")
+    args = dict(results=str(tmp_path / "results"), work_dir=str(tmp_path / "work"), extra=tiny(2),
+                data_root=str(prepared))
+    assert run_grid(grid, dry_run=True, **args) == 0
+    assert "due (no record yet)" in capsys.readouterr().out
+    assert run_grid(grid, **args) == 1  # the cell fails (bad value), the grid says so
+    capsys.readouterr()
+    assert run_grid(grid, dry_run=True, **args) == 0
+    assert "due (no record yet; failed last time (exit 2" in capsys.readouterr().out

@@ -346,14 +346,15 @@ def _load_weights(model: torch.nn.Module, path: str, name: str) -> None:
                             f"{type(exc).__name__}: {exc}") from None
 
 
-def _from_file(name: str, path: str, spec: str, device) -> LoadedClip:
+def _from_file(name: str, path: str, spec: str, device, digest: str | None = None) -> LoadedClip:
+    """A local checkpoint file; ``digest``: its sha256 when the caller has just verified it."""
     p = Path(path).expanduser()
     if not p.is_file():
         what = "is a folder, not a checkpoint file" if p.is_dir() else "does not exist"
         raise ClipLoadError(f"checkpoint file {p} {what} (spec '{spec}')")
     model, preprocess = _create(name)
     _load_weights(model, str(p), name)
-    return _finish(model, preprocess, name, spec, name, file_sha256(p), device, str(p))
+    return _finish(model, preprocess, name, spec, name, digest or file_sha256(p), device, str(p))
 
 
 def _from_dir(path: str, spec: str, device) -> LoadedClip:
@@ -515,7 +516,7 @@ def _from_shipped(name: str, tag: str, spec: str, device) -> LoadedClip:
         path, entry = verified_weights(name, tag)
     except ShippedWeightsError as exc:
         raise ClipLoadError(str(exc)) from None
-    clip = _from_file(name, str(path), f"{name}:{tag}", device)
+    clip = _from_file(name, str(path), f"{name}:{tag}", device, digest=entry["sha256"])
     clip.extra["shipped_tag"] = tag
     return clip
 

@@ -18,8 +18,10 @@ calibration, a prior) that must not cost, or differ by, a second training run.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,7 @@ import yaml
 
 from zss_bench.protocol import Protocol, load_protocol
 from zss_bench.records.paths import expand_path
-from zss_bench.records.store import iter_runs
+from zss_bench.records.store import atomic_write_text, iter_runs
 
 
 class GridError(ValueError):
@@ -132,6 +134,11 @@ def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell, c
     return weights
 
 
+def _status_file(work_dir: str, protocol: str, cell: Cell) -> Path:
+    """Where the grid notes that a cell's last attempt failed (in the work dir, never under results/)."""
+    return Path(work_dir) / ".grid-status" / protocol / cell.method / f"{cell.label.replace('/', '_')}-seed{cell.seed}.json"
+
+
 def run_grid(path: str | Path, *, results: str | None = None, work_dir: str = "work_dirs", extra: list[str] | None = None,
              data_root: str | None = None, dry_run: bool = False) -> int:
     from zss_bench.records.store import default_results_root
@@ -154,6 +161,13 @@ def run_grid(path: str | Path, *, results: str | None = None, work_dir: str = "w
         # another teacher is never continued or re-scored with this one: that cell starts over
         flags, weights = (["--overwrite"] if stale else ["--resume"]), []
         why = "its record used other CLIP weights: retrain" if stale else "no record yet"
+        status = _status_file(work_dir, protocol, cell)
+        if status.is_file():
+            try:
+                last = json.loads(status.read_text(encoding="utf-8"))
+                why += f"; failed last time (exit {last.get('exit')}, {last.get('when')})"
+            except (OSError, ValueError):
+                pass
         if cell.eval_of is not None:
             flags = ["--eval-only"]
             try:
@@ -178,5 +192,8 @@ def run_grid(path: str | Path, *, results: str | None = None, work_dir: str = "w
                                     "from its last checkpoint)") from None
         if rc:
             failures += 1
+            atomic_write_text(status, json.dumps({"exit": rc, "when": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
             print(f"{tag}: FAILED (exit {rc}); continuing with the next cell", flush=True)
+        else:
+            status.unlink(missing_ok=True)
     return 1 if failures else 0
