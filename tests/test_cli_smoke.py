@@ -52,3 +52,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert len(runs) == 1
     record = json.loads(runs[0].read_text())
     assert record["leakage"]["unseen_names_before_eval"] == []
+
+
+def test_listing_methods_imports_neither_torch_nor_detectron2():
+    import subprocess
+    import sys
+
+    code = ("import sys; from zss_bench.cli import main; rc = main(['methods']); "
+            "heavy = [m for m in ('torch', 'detectron2', 'open_clip') if m in sys.modules]; "
+            "assert rc == 0 and not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "chimera" in proc.stdout and "seen-only" in proc.stdout

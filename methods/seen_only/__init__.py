@@ -2,13 +2,29 @@
 
 The reference point every ZSS method must beat on unseen classes: it cannot predict an
 unseen class at all (U = 0 by construction), so any unseen IoU a method reaches comes from
-its alignment with CLIP, not from the body or the training data.
+its alignment with CLIP, not from the body or the training data. Importing the package loads
+neither torch nor detectron2; ``add_seen_only_config`` imports and registers the model.
 """
 from pathlib import Path
 
-from zss_bench.methods.seen_only.config import add_seen_only_config
-from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
 from zss_bench.plugins import MethodPlugin
+
+
+def add_seen_only_config(cfg) -> None:
+    """The seen-only keys (see ``config.py``); importing the model here registers it."""
+    from zss_bench.methods.seen_only import meta_arch  # noqa: F401  (registers SeenOnlySeg)
+    from zss_bench.methods.seen_only.config import add_seen_only_config as add
+
+    add(cfg)
+
+
+def __getattr__(name: str):
+    if name == "SeenOnlySeg":
+        from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
+
+        return SeenOnlySeg
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 METHOD = MethodPlugin(
     name="seen-only",
