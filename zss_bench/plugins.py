@@ -43,6 +43,18 @@ class MethodPlugin:
                                 f"(looked for {self.config_dir}/{protocol_name}.yaml and default.yaml)")
 
 
+def lazy_add_config(package: str, config_fn: str) -> Callable:
+    """A plugin's ``add_config`` that imports ``<package>.meta_arch`` (registering the model) and
+    ``<package>.config`` only when a run builds its config: listing methods stays free of torch."""
+
+    def add_config(cfg) -> None:
+        importlib.import_module(f"{package}.meta_arch")
+        getattr(importlib.import_module(f"{package}.config"), config_fn)(cfg)
+
+    add_config.__name__ = add_config.__qualname__ = config_fn
+    return add_config
+
+
 _RUNTIME: dict[str, MethodPlugin] = {}
 
 

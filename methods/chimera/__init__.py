@@ -4,18 +4,13 @@ project-style package. ``add_chimera_config`` adds its keys and registers ``Chim
 loads neither torch nor detectron2, so listing methods (``zss-bench methods``) stays fast."""
 from pathlib import Path
 
-from zss_bench.plugins import MethodPlugin
+from zss_bench.plugins import MethodPlugin, lazy_add_config
 
 
-def add_chimera_config(cfg) -> None:
-    """Chimera-Seg's config keys (see ``config.py``); importing the model here registers it."""
-    from zss_bench.methods.chimera import meta_arch  # noqa: F401  (registers ChimeraSeg)
-    from zss_bench.methods.chimera.config import add_chimera_config as add
-
-    add(cfg)
+add_chimera_config = lazy_add_config(__name__, "add_chimera_config")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str):  # the model class, imported on first use
     if name == "ChimeraSeg":
         from zss_bench.methods.chimera.meta_arch import ChimeraSeg
 

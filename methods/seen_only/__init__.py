@@ -7,18 +7,13 @@ neither torch nor detectron2; ``add_seen_only_config`` imports and registers the
 """
 from pathlib import Path
 
-from zss_bench.plugins import MethodPlugin
+from zss_bench.plugins import MethodPlugin, lazy_add_config
 
 
-def add_seen_only_config(cfg) -> None:
-    """The seen-only keys (see ``config.py``); importing the model here registers it."""
-    from zss_bench.methods.seen_only import meta_arch  # noqa: F401  (registers SeenOnlySeg)
-    from zss_bench.methods.seen_only.config import add_seen_only_config as add
-
-    add(cfg)
+add_seen_only_config = lazy_add_config(__name__, "add_seen_only_config")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str):  # the model class, imported on first use
     if name == "SeenOnlySeg":
         from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
 
