@@ -118,11 +118,9 @@ def file_sha256(path: str | os.PathLike) -> str:
             return doc["sha256"]
     except (OSError, ValueError, KeyError, AttributeError):
         pass
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    from zss_bench.clip.shipped import sha256_of
+
+    digest = sha256_of(p)
     _file_hash_memo[memo_key] = digest
     try:
         from zss_bench.records.store import atomic_write_text
