@@ -31,16 +31,25 @@ class MethodPlugin:
     add_config: Callable
     config_dir: Path
     description: str = ""
-    uses_clip: bool = True
+    uses_clip: bool = True  # builds a CLIP teacher/text classifier: its record must carry a CLIP block
+    trains: bool = True  # False: training-free (no optimizer, no training loader, nothing to checkpoint)
+    text_classifier: str = "none"  # none | fixed | learnable-no-object | learnable-prompts
+    train_mapper: str = "semantic"  # semantic | per-class-masks (see zss_bench.engine.data.MAPPERS)
+    meta_architecture: str = ""  # the META_ARCH_REGISTRY name its configs build (checked to subclass ZSSSegmentor)
     extra: dict = field(default_factory=dict)
 
-    def config_file(self, protocol_name: str) -> Path:
-        for candidate in (f"{protocol_name}.yaml", "default.yaml"):
+    def config_file(self, protocol) -> Path:
+        """``<protocol name>.yaml``, else ``<dataset>.yaml`` (e.g. ``synth.yaml`` for every synthetic
+        protocol, so a custom synth protocol never silently gets the real-scale body), else ``default.yaml``."""
+        name = getattr(protocol, "name", protocol)
+        dataset = getattr(protocol, "dataset", None)
+        candidates = [f"{name}.yaml", *([f"{dataset}.yaml"] if dataset else []), "default.yaml"]
+        for candidate in candidates:
             path = self.config_dir / candidate
             if path.is_file():
                 return path
-        raise FileNotFoundError(f"method {self.name} has no config for protocol {protocol_name} "
-                                f"(looked for {self.config_dir}/{protocol_name}.yaml and default.yaml)")
+        raise FileNotFoundError(f"method {self.name} has no config for protocol {name} "
+                                f"(looked for {', '.join(candidates)} in {self.config_dir}); pass --config FILE")
 
 
 def lazy_add_config(package: str, config_fn: str) -> Callable:

@@ -11,8 +11,10 @@ from detectron2.config import get_cfg
 
 # Fields that identify *where/how often* a run happens, not *what* is trained: they do not
 # enter the config hash, so seeds and output folders of one configuration group together.
+# MODEL.WEIGHTS names a file (a re-scored cell's own checkpoint differs per seed), not a choice;
+# the protocol's file and the method's config file are where the choices came from, not the choices.
 _NOT_HASHED = ("SEED", "OUTPUT_DIR", "ZSS.DATA_ROOT", "ZSS.LABEL", "SOLVER.CHECKPOINT_PERIOD", "DATALOADER.NUM_WORKERS",
-               "MODEL.DEVICE", "ZSS.N_BOOT", "ZSS.PROGRESS")
+               "MODEL.DEVICE", "ZSS.N_BOOT", "ZSS.PROGRESS", "MODEL.WEIGHTS", "ZSS.PROTOCOL_FILE", "ZSS.CONFIG_FILE")
 
 
 # String keys with a fixed set of values (method configs add theirs with ``declare_choices``), so a
@@ -43,6 +45,8 @@ def add_zss_config(cfg) -> None:
     cfg.ZSS.METHOD = ""
     cfg.ZSS.PROTOCOL = ""
     cfg.ZSS.PROTOCOL_HASH = ""
+    cfg.ZSS.PROTOCOL_FILE = ""  # the protocol YAML the run loaded (a shipped one or the user's own path)
+    cfg.ZSS.CONFIG_FILE = ""  # the method config YAML the run was built from
     cfg.ZSS.DATA_ROOT = ""
     cfg.ZSS.CLIP = ""  # NAME:TAG | NAME:/path | dir | "" = the protocol's default (toy CLIP for synth)
     cfg.ZSS.LABEL = ""  # config label shown in leaderboards ("" = derived from overrides)
@@ -98,18 +102,24 @@ def apply_overrides(cfg, opts: list[str]) -> None:
 
 
 def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root: str = "", clip: str = "",
-                     opts: list[str] | None = None):
-    """The frozen config of one run of ``plugin`` on ``protocol``."""
+                     opts: list[str] | None = None, config_file: str | None = None):
+    """The frozen config of one run of ``plugin`` on ``protocol`` (``config_file``: the method config
+    YAML to use instead of the one picked for the protocol)."""
     cfg = get_cfg()
     add_zss_config(cfg)
     plugin.add_config(cfg)
-    cfg.merge_from_file(str(plugin.config_file(protocol.name)))
+    method_file = resolve_method_config(plugin, protocol, config_file)
+    cfg.merge_from_file(str(method_file))
     opts = list(opts or [])
     apply_overrides(cfg, opts)
     _check_choices(cfg)
+    _check_ignore_label(cfg, protocol, opts)
     cfg.ZSS.METHOD = plugin.name
     cfg.ZSS.PROTOCOL = protocol.name
     cfg.ZSS.PROTOCOL_HASH = protocol.content_hash
+    cfg.ZSS.PROTOCOL_FILE = str(protocol.path or "")
+    cfg.ZSS.CONFIG_FILE = str(method_file)
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = protocol.ignore_label  # one source: the protocol
     cfg.ZSS.DATA_ROOT = str(data_root or "")
     if clip:
         cfg.ZSS.CLIP = clip
@@ -123,6 +133,28 @@ def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root:
     cfg.OUTPUT_DIR = str(output_dir)
     cfg.freeze()
     return cfg
+
+
+def resolve_method_config(plugin, protocol, config_file: str | None = None):
+    """The method config YAML of a run: ``config_file`` when given (it must exist), else the
+    plugin's file for this protocol (:meth:`MethodPlugin.config_file`)."""
+    from pathlib import Path
+
+    if config_file:
+        path = Path(config_file).expanduser()
+        if not path.is_file():
+            raise ConfigOverrideError(f"--config {config_file}: no such file (a method config YAML, e.g. "
+                                      f"{plugin.config_dir}/default.yaml)")
+        return path.resolve()
+    return plugin.config_file(protocol)
+
+
+def _check_ignore_label(cfg, protocol, opts: list[str]) -> None:
+    """The ignore label comes from the protocol; a config that says otherwise is an error, not a silent override."""
+    asked = dict(zip(opts[::2], opts[1::2])).get("MODEL.SEM_SEG_HEAD.IGNORE_VALUE")
+    if asked is not None and int(asked) != protocol.ignore_label:
+        raise ConfigOverrideError(f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE {asked} contradicts the protocol's ignore_label "
+                                  f"{protocol.ignore_label} ({protocol.name}); the protocol is the one source of it")
 
 
 def config_dict(cfg) -> dict:

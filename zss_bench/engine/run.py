@@ -53,6 +53,7 @@ class RunRequest:
     opts: list[str] = field(default_factory=list)
     results_root: str | None = None  # None: $ZSS_BENCH_RESULTS or ./zss-results (never the committed results/)
     work_root: str = "work_dirs"
+    config_file: str | None = None  # the method's config YAML (None: picked by protocol, see MethodPlugin.config_file)
 
 
 def default_synth_world_dir() -> Path:
@@ -101,7 +102,7 @@ def _resolve(req: RunRequest):
     plugin = get_method(req.method)
     root = ensure_dataset(protocol, req.data_root)
     cfg = build_run_config(plugin, protocol, seed=req.seed, output_dir=req.output_dir or "", data_root=str(root),
-                           clip=req.clip, opts=req.opts)
+                           clip=req.clip, opts=req.opts, config_file=req.config_file)
     if not req.output_dir:
         # the dataset root is not part of the config hash (it names no method choice), but two
         # roots must not share, and so wipe, one training folder
@@ -158,7 +159,7 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
     protocol = load_protocol(req.protocol)
     plugin = get_method(req.method)
     cfg = build_run_config(plugin, protocol, seed=req.seed, output_dir=output_dir, data_root=root, clip=req.clip,
-                           opts=req.opts)
+                           opts=req.opts, config_file=req.config_file)
     setup_logger(output_dir, distributed_rank=comm.get_rank(), name="detectron2")
     setup_logger(output_dir, distributed_rank=comm.get_rank(), name="zss_bench")
     torch.set_num_threads(max(1, torch.get_num_threads() // max(1, comm.get_local_size())))
