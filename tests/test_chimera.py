@@ -8,8 +8,8 @@ import torch
 
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
 from zss_bench.methods.chimera.csh import CLIPSemanticHead, PlainProjection, entry_alignment_loss
-from zss_bench.methods.chimera.sgd import (box_mask, crop_boxes, crop_images, keep_fraction,
-                                           selective_global_distillation)
+from zss_bench.methods.chimera.sgd import keep_fraction, selective_global_distillation
+from zss_bench.modeling.regions import box_mask, crop_boxes, crop_images
 
 MICRO = "zss-micro-vit:random"
 
@@ -71,7 +71,7 @@ def test_csh_is_partial_frozen_clip(micro_clip):
     entry = vit.run_blocks(vit.tokens(images), 0, vit.num_blocks - 1)
     head.update_stats(entry)
     assert torch.allclose(head.entry_mean, entry[:, 1:].reshape(-1, vit.width).mean(0))
-    z, tokens = head(feats, entry)
+    z, tokens, _ = head(feats, entry)
     assert z.shape == (2, vit.embed_dim, 6, 6) and tokens.shape == (2, 36, vit.width)
     (z.sum() + entry_alignment_loss(tokens, (6, 6), entry)).backward()
     assert head.adapter.weight.grad is not None
@@ -96,7 +96,7 @@ def test_csh_config_errors(micro_clip):
         CLIPSemanticHead(16, vit, num_blocks=5)
     with pytest.raises(ValueError, match="TOKEN_NORM 'bn'"):
         CLIPSemanticHead(16, vit, num_blocks=1, token_norm="bn")
-    z, _ = PlainProjection(16, 32)(torch.randn(1, 16, 4, 4))
+    z, _, _ = PlainProjection(16, 32)(torch.randn(1, 16, 4, 4))
     assert z.shape == (1, 32, 4, 4)
 
 

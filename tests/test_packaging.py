@@ -29,7 +29,9 @@ def test_wheel_maps_protocols_and_methods_under_zss_bench(tmp_path):
         f"zss_bench/protocols/{p.name}" for p in (REPO / "protocols").glob("*.yaml")}
     assert "zss_bench/methods/__init__.py" in names
     assert "zss_bench/methods/_base/body-synth.yaml" in names
-    assert "zss_bench/methods/seen_only/configs/synth-15-5.yaml" in names
+    assert "zss_bench/methods/seen_only/configs/synth.yaml" in names
+    assert "zss_bench/methods/chimera/configs/synth.yaml" in names
+    assert not [n for n in names if n.startswith("zss_bench/methods/") and n.endswith("configs/synth-15-5.yaml")]
     # the shipped synth-15-5 teacher travels with the wheel: no training, no download
     assert "zss_bench/clip/weights/tags.json" in names
     assert "zss_bench/clip/weights/zss-toy-vit-synth-v1.pt" in names

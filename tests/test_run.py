@@ -81,7 +81,7 @@ def test_unknown_method_suggests(prepared, tmp_path, capsys):
 
 def test_leaky_method_fails_the_run(prepared, tmp_path):
     from zss_bench.data.inductive import LeakageError
-    from zss_bench.plugins import _RUNTIME, register_method
+    from zss_bench.plugins import register_method, unregister_method
 
     plugin, opts = make_plugin("leaky", "LeakySeg")
     register_method(plugin)
@@ -89,13 +89,13 @@ def test_leaky_method_fails_the_run(prepared, tmp_path):
         with pytest.raises(LeakageError, match=r"encoded unseen class name\(s\) \['blue star', 'blue triangle'"):
             run_method(_request(prepared, tmp_path, method="leaky", opts=tiny(2, 1000, *opts)))
     finally:
-        _RUNTIME.pop("leaky")
+        unregister_method("leaky")
     assert not (tmp_path / "results").exists()  # nothing recorded
 
 
 def test_nan_loss_gives_clear_error_and_keeps_weights(prepared, tmp_path):
     from zss_bench.engine.trainer import TrainingDiverged
-    from zss_bench.plugins import _RUNTIME, register_method
+    from zss_bench.plugins import register_method, unregister_method
 
     plugin, opts = make_plugin("nan", "NaNSeg")
     register_method(plugin)
@@ -104,7 +104,7 @@ def test_nan_loss_gives_clear_error_and_keeps_weights(prepared, tmp_path):
         with pytest.raises(TrainingDiverged, match=r"iteration=3.*model_before_nan_iter_0000003\.pth.*model_0000001\.pth"):
             run_method(_request(prepared, tmp_path, method="nan", output_dir=str(out), opts=tiny(10, 2, *opts)))
     finally:
-        _RUNTIME.pop("nan")
+        unregister_method("nan")
     assert (out / "model_before_nan_iter_0000003.pth").is_file()
     assert (out / "last_checkpoint").read_text().strip() == "model_0000001.pth"
 
@@ -167,6 +167,7 @@ def test_two_gloo_processes_aggregate_like_one(prepared, tmp_path):
 
 def test_grid_runs_each_cell_once_and_skips_done_cells(prepared, tmp_path, isolated_cache, capsys):
     from zss_bench.engine.grid import GridError, load_grid, run_grid
+    from zss_bench.engine.labels import overrides_label
     from zss_bench.tables import aggregate, collect_runs
 
     grid = tmp_path / "grid.yaml"
@@ -176,7 +177,10 @@ def test_grid_runs_each_cell_once_and_skips_done_cells(prepared, tmp_path, isola
                 data_root=str(prepared))
     assert run_grid(grid, **args) == 0  # each cell is its own `zss-bench run` process
     table = aggregate(collect_runs(tmp_path / "results", on_skip=lambda m: None))
-    assert list(table.runs) == [2] and list(table.config) == ["tiny"]
+    # the grid-wide overrides are part of the label (tiny(3) = MAX_ITER 3 etc.; N_BOOT adds nothing)
+    label = "tiny+" + overrides_label(tiny(3))
+    assert list(table.runs) == [2] and list(table.config) == [label] and "MAX_ITER=3" in label
+    assert "N_BOOT" not in label
     capsys.readouterr()
     assert run_grid(grid, **args) == 0
     assert capsys.readouterr().out.count("record exists, skipped") == 2
@@ -188,6 +192,7 @@ def test_grid_runs_each_cell_once_and_skips_done_cells(prepared, tmp_path, isola
 
 def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolated_cache, capsys):
     from zss_bench.engine.grid import GridError, load_grid, run_grid
+    from zss_bench.engine.labels import overrides_label
     from zss_bench.records.store import iter_runs
 
     grid = tmp_path / "grid.yaml"
@@ -198,7 +203,8 @@ def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolat
                 data_root=str(prepared))
     assert run_grid(grid, **args) == 0
     recs = {r.record["method"]["label"]: r.record for r in iter_runs(tmp_path / "results", on_skip=lambda m: None)}
-    base, again = recs["base"], recs["re-scored"]
+    suffix = "+" + overrides_label(tiny(3))  # the grid-wide overrides extend both labels alike
+    base, again = recs["base" + suffix], recs["re-scored" + suffix]
     assert again["training"]["eval_only"] and not base["training"]["eval_only"]
     weights = Path(base["training"]["output_dir"]) / "model_final.pth"
     assert again["method"]["config"]["MODEL"]["WEIGHTS"] == str(weights)
@@ -209,7 +215,7 @@ def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolat
     orphan.write_text("protocol: synth-15-5\ncells:\n  - {method: seen-only, label: x, eval_of: nothing, seeds: [0]}\n")
     capsys.readouterr()
     assert run_grid(orphan, **args) == 1
-    assert "no record of seen-only [nothing] seed 0 to re-evaluate" in capsys.readouterr().out
+    assert f"no record of seen-only [nothing{suffix}] seed 0 to re-evaluate" in capsys.readouterr().out
     selfref = tmp_path / "self.yaml"
     selfref.write_text("protocol: synth-15-5\ncells:\n  - {method: seen-only, label: x, eval_of: x}\n")
     with pytest.raises(GridError, match="cannot be 'eval_of' its own label"):
@@ -217,7 +223,7 @@ def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolat
 
 
 def test_grid_counts_a_cell_done_only_with_the_same_clip_weights(prepared, tmp_path, isolated_cache, capsys):
-    from zss_bench.engine.grid import _clip_spec, _done, load_grid, run_grid
+    from zss_bench.engine.grid import _clip_spec, _done, load_grid, run_grid, with_extra_overrides
     from zss_bench.protocol import load_protocol
     from zss_bench.records.store import iter_runs
 
@@ -231,8 +237,8 @@ def test_grid_counts_a_cell_done_only_with_the_same_clip_weights(prepared, tmp_p
     assert run_grid(grid, **args) == 0  # same CLIP weights: done, skipped
     assert "record exists, skipped" in capsys.readouterr().out
     rec = next(iter(iter_runs(tmp_path / "results", on_skip=lambda m: None))).record
-    cell = load_grid(grid)[1][0]
-    assert _clip_spec(cell.opts) == "zss-micro-vit:random"
+    cell = with_extra_overrides(load_grid(grid)[1], tiny(2))[0]  # the cell as the grid ran it
+    assert _clip_spec(cell.opts) == "zss-micro-vit:random" and cell.label == rec["method"]["label"]
     phash = load_protocol("synth-15-5").content_hash
     same, other = rec["clip"]["weights_hash"], "0" * 64
     assert _done(str(tmp_path / "results"), "synth-15-5", phash, cell, lambda: same)

@@ -193,15 +193,33 @@ def cmd_synth_generate(args) -> int:
 
 # --- run -----------------------------------------------------------------------------------
 
+def _method_config_line(method: str, protocol_arg: str, config_file: str | None) -> str:
+    """``method config: FILE (why)``: the method config YAML the run will be built from, resolved as
+    ``build_run_config`` resolves it (a missing ``--config`` file is a ConfigOverrideError naming it)."""
+    from zss_bench.engine.config import resolve_method_config
+    from zss_bench.plugins import get_method
+    from zss_bench.protocol import load_protocol
+
+    protocol = load_protocol(protocol_arg)
+    path = resolve_method_config(get_method(method), protocol, config_file)
+    try:
+        shown = Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        shown = str(path)
+    why = "--config" if config_file else f"picked for protocol {protocol.name}"
+    return f"method config: {shown} ({why})"
+
+
 def cmd_run(args) -> int:
     from zss_bench.engine.run import RunRequest, run_method
 
+    print(_method_config_line(args.method, args.protocol, args.config), flush=True)
     req = RunRequest(method=args.method, protocol=args.protocol, data_root=args.data_root, clip=args.clip or "",
                      seed=args.seed, output_dir=args.output_dir, resume=args.resume, eval_only=args.eval_only,
                      overwrite=args.overwrite,
                      num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                      dist_url=args.dist_url, opts=[*args.opts, *(["ZSS.LABEL", args.label] if args.label else [])],
-                     results_root=args.results, work_root=args.work_dir)
+                     results_root=args.results, work_root=args.work_dir, config_file=args.config)
     run_dir = run_method(req)
     if args.machine_rank == 0:
         from zss_bench.records import load_run
@@ -253,19 +271,38 @@ def cmd_reproduce(args) -> int:
     return 1 if result.get("verdict") == "not reproduced" else 0
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def cmd_methods(args) -> int:
+    """Every plugin that imports, with its declarations; one that does not is listed as broken (with
+    its error) instead of ending the listing. Exit 0 while at least one method works."""
     from zss_bench.plugins import get_method, list_methods
 
     rows = []
     for name in list_methods():
-        plugin = get_method(name)
-        rows.append({"name": name, "description": plugin.description, "uses_clip": plugin.uses_clip})
+        try:
+            plugin = get_method(name)
+        except Exception as exc:  # noqa: BLE001  (a broken plugin only breaks itself)
+            rows.append({"name": name, "error": _one_line(exc)})
+            continue
+        rows.append({"name": name, "description": plugin.description, "trains": plugin.trains,
+                     "uses_clip": plugin.uses_clip, "text_classifier": plugin.text_classifier,
+                     "train_mapper": plugin.train_mapper, "meta_architecture": plugin.meta_architecture})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['name']:<16} {r['description']}")
-    return 0
+            if "error" in r:
+                print(f"{r['name']:<16} BROKEN: {r['error']}")
+                continue
+            kind = "trains" if r["trains"] else "training-free"
+            clip = "CLIP" if r["uses_clip"] else "no CLIP"
+            text = f"text classifier: {r['text_classifier']}"
+            print(f"{r['name']:<16} {kind:<13} {clip:<7} {text:<35} {r['description']}")
+    return 0 if any("error" not in r for r in rows) else 1
 
 
 # --- toy CLIP ------------------------------------------------------------------------------
@@ -387,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train and evaluate a method on a protocol, write the run record")
     p.add_argument("--method", required=True, help="method name (see `zss-bench methods`)")
     p.add_argument("--protocol", required=True, help="protocol name or .yaml path")
+    p.add_argument("--config", metavar="FILE", help="the method's config YAML (default: the method's "
+                   "configs/<protocol>.yaml, else configs/<dataset>.yaml, else configs/default.yaml)")
     p.add_argument("--data-root", help="dataset root (default: $DETECTRON2_DATASETS; synth-15-5: a cached generated world)")
     p.add_argument("--clip", help="CLIP weights: NAME:TAG, NAME:/path/to/checkpoint or a local dir (default: per protocol)")
     p.add_argument("--seed", type=int, default=0)
@@ -431,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="work_dirs")
     p.add_argument("--data-root", help="dataset root passed to every cell")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="overrides added to every cell")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="overrides added to every cell; they extend each cell's label (default -> default+MAX_ITER=20), so such runs never count as the plain cells")
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("reproduce", help="re-run the exact cell of a record into a scratch folder and test the difference")
@@ -471,11 +510,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.evaluation.pred_dir import EvaluationInputError
     from zss_bench.protocol import ProtocolError
     from zss_bench.records.store import RecordError
+    from zss_bench.plugins import MetaArchitectureError, MethodConfigError, PluginError
     from zss_bench.registry import UnknownNameError
 
     return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
             PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError, ReproduceError, RunFolderError,
-            ConfigOverrideError)
+            ConfigOverrideError, PluginError, MethodConfigError, MetaArchitectureError)
 
 
 def main(argv: list[str] | None = None) -> int:

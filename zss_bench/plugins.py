@@ -4,6 +4,11 @@ Built-in methods live in ``methods/<name>/`` (installed as ``zss_bench.methods.<
 third-party packages can add methods through the ``zss_bench.methods`` entry-point group.
 Each plugin exposes a module-level ``METHOD = MethodPlugin(...)``. Nothing is imported until
 a method is asked for, so ``zss-bench --help`` stays fast and a broken plugin only breaks itself.
+
+A name belongs to one source: a built-in method and an entry-point plugin of the same name is an
+error naming both (never a silent shadowing), and ``register_method`` refuses a taken name unless
+``replace=True``. A plugin package imports its own modules relatively (``from .meta_arch import
+...``), so it works the same installed as ``zss_bench.methods.<name>`` or as its own top-level package.
 """
 from __future__ import annotations
 
@@ -19,12 +24,26 @@ from zss_bench.registry import UnknownNameError
 ENTRY_POINT_GROUP = "zss_bench.methods"
 
 
+class PluginError(ValueError):
+    """A method plugin that cannot be used as declared: a name claimed twice, a missing config."""
+
+
+class MethodConfigError(FileNotFoundError):
+    """A method has no config YAML for a protocol (and no ``--config FILE`` was given)."""
+
+
+class MetaArchitectureError(TypeError):
+    """A method's ``MODEL.META_ARCHITECTURE`` is not registered or does not subclass ``ZSSSegmentor``."""
+
+
 @dataclass(frozen=True)
 class MethodPlugin:
     """What the runner needs to know about a method.
 
     ``add_config(cfg)`` adds the method's config keys (detectron2 ``add_<name>_config``);
-    ``config_dir`` holds one YAML per protocol (``<protocol>.yaml``, else ``default.yaml``).
+    ``config_dir`` holds the method's config YAMLs (see :meth:`config_file`). The declarations
+    (``trains``, ``uses_clip``, ``text_classifier``, ``train_mapper``, ``meta_architecture``) are
+    listed by ``zss-bench methods`` and checked by the runner.
     """
 
     name: str
@@ -48,13 +67,15 @@ class MethodPlugin:
             path = self.config_dir / candidate
             if path.is_file():
                 return path
-        raise FileNotFoundError(f"method {self.name} has no config for protocol {name} "
+        raise MethodConfigError(f"method {self.name} has no config for protocol {name} "
                                 f"(looked for {', '.join(candidates)} in {self.config_dir}); pass --config FILE")
 
 
 def lazy_add_config(package: str, config_fn: str) -> Callable:
     """A plugin's ``add_config`` that imports ``<package>.meta_arch`` (registering the model) and
-    ``<package>.config`` only when a run builds its config: listing methods stays free of torch."""
+    ``<package>.config`` only when a run builds its config: listing methods stays free of torch.
+    ``package`` is the plugin package's own ``__name__`` (``zss_bench.methods.chimera`` for a
+    built-in, ``my_method`` for a third-party package), so the plugin never hard-codes where it lives."""
 
     def add_config(cfg) -> None:
         importlib.import_module(f"{package}.meta_arch")
@@ -67,9 +88,23 @@ def lazy_add_config(package: str, config_fn: str) -> Callable:
 _RUNTIME: dict[str, MethodPlugin] = {}
 
 
-def register_method(plugin: MethodPlugin) -> None:
-    """Register a method at run time (tests, notebooks); replaces one of the same name."""
+def register_method(plugin: MethodPlugin, *, replace: bool = False) -> None:
+    """Register a method at run time (tests, notebooks). A name that is already a method (built-in,
+    entry point or registered earlier) is an error naming where it comes from, unless ``replace=True``:
+    then this plugin is the one ``get_method`` returns until :func:`unregister_method`."""
+    if not isinstance(plugin, MethodPlugin):
+        raise TypeError(f"register_method expects a MethodPlugin, got {type(plugin).__name__}")
+    if not replace:
+        taken = _sources(plugin.name)
+        if taken:
+            raise PluginError(f"method '{plugin.name}' already exists ({'; '.join(taken)}); pick another name "
+                              "or register_method(plugin, replace=True)")
     _RUNTIME[plugin.name] = plugin
+
+
+def unregister_method(name: str) -> None:
+    """Forget a method registered with :func:`register_method` (built-ins and entry points stay)."""
+    _RUNTIME.pop(name, None)
 
 
 def _builtin_modules() -> dict[str, str]:
@@ -83,22 +118,68 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def _describe_entry_point(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    where = f", distribution {dist.name}" if dist is not None else ""
+    return f"entry point {ep.group} '{ep.name} = {ep.value}'{where}"
+
+
+def _sources(name: str) -> list[str]:
+    """Every place that provides a method called ``name``, in words (none: [])."""
+    out = []
+    if name in _RUNTIME:
+        out.append("registered at run time with register_method")
+    if name in (builtin := _builtin_modules()):
+        out.append(f"built-in {builtin[name]}")
+    if name in (eps := _entry_points()):
+        out.append(_describe_entry_point(eps[name]))
+    return out
+
+
 def list_methods() -> list[str]:
     return sorted(set(_builtin_modules()) | set(_entry_points()) | set(_RUNTIME))
 
 
 def get_method(name: str) -> MethodPlugin:
-    """Import and return the plugin called ``name`` (unknown -> did-you-mean error)."""
-    if name in _RUNTIME:
+    """Import and return the plugin called ``name`` (unknown -> did-you-mean error; a name that a
+    built-in and an entry point both claim -> an error naming both)."""
+    if name in _RUNTIME:  # register_method already refused a taken name unless told to replace it
         return _RUNTIME[name]
-    builtin = _builtin_modules()
+    builtin, eps = _builtin_modules(), _entry_points()
+    if name in builtin and name in eps:
+        raise PluginError(f"method '{name}' is defined twice: built-in {builtin[name]} and "
+                          f"{_describe_entry_point(eps[name])}; uninstall or rename the plugin")
     if name in builtin:
-        module = importlib.import_module(builtin[name])
-    elif name in (eps := _entry_points()):
-        module = eps[name].load()
+        loaded = importlib.import_module(builtin[name])
+    elif name in eps:
+        loaded = eps[name].load()  # a module with METHOD, or ``module:METHOD`` itself
     else:
         raise UnknownNameError.for_name("method", name, list_methods())
-    plugin = getattr(module, "METHOD", None)
+    plugin = loaded if isinstance(loaded, MethodPlugin) else getattr(loaded, "METHOD", None)
     if not isinstance(plugin, MethodPlugin):
-        raise TypeError(f"method package {module.__name__} does not define METHOD = MethodPlugin(...)")
+        where = getattr(loaded, "__name__", repr(loaded))
+        raise TypeError(f"method package {where} does not define METHOD = MethodPlugin(...)")
     return plugin
+
+
+def check_meta_architecture(plugin: MethodPlugin, cfg) -> None:
+    """``cfg.MODEL.META_ARCHITECTURE`` must be registered in detectron2's ``META_ARCH_REGISTRY`` and
+    subclass :class:`zss_bench.modeling.segmentor.ZSSSegmentor` (the runner relies on its interface:
+    ``set_eval_classes``, ``train_losses``, ``eval_scores``). Raises :class:`MetaArchitectureError`
+    (a ``TypeError``) before any model is built."""
+    import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from zss_bench.modeling.segmentor import ZSSSegmentor
+
+    name = cfg.MODEL.META_ARCHITECTURE
+    try:
+        arch = META_ARCH_REGISTRY.get(name)
+    except KeyError:
+        raise MetaArchitectureError(f"method {plugin.name}: meta-architecture {name} is not registered in "
+                                    "detectron2's META_ARCH_REGISTRY (the method's add_config must import the "
+                                    "module that registers it)") from None
+    if not (isinstance(arch, type) and issubclass(arch, ZSSSegmentor)):
+        raise MetaArchitectureError(f"method {plugin.name}: meta-architecture {name} does not subclass zss_bench's "
+                                    "ZSSSegmentor (zss_bench.modeling.segmentor); the runner needs its interface "
+                                    "(set_eval_classes after training, train_losses, eval_scores)")

@@ -1,6 +1,6 @@
 """Chimera-Seg ("Partial CLIP is Enough", arXiv 2506.22032) for zss-bench: a detectron2
 project-style package. ``add_chimera_config`` adds its keys and registers ``ChimeraSeg`` in
-``META_ARCH_REGISTRY``; ``configs/`` holds one file per protocol. Importing the package itself
+``META_ARCH_REGISTRY``; ``configs/`` holds ``synth.yaml`` (every synthetic protocol) and ``default.yaml``. Importing the package itself
 loads neither torch nor detectron2, so listing methods (``zss-bench methods``) stays fast."""
 from pathlib import Path
 
@@ -12,7 +12,7 @@ add_chimera_config = lazy_add_config(__name__, "add_chimera_config")
 
 def __getattr__(name: str):  # the model class, imported on first use
     if name == "ChimeraSeg":
-        from zss_bench.methods.chimera.meta_arch import ChimeraSeg
+        from .meta_arch import ChimeraSeg
 
         return ChimeraSeg
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -24,6 +24,10 @@ METHOD = MethodPlugin(
     config_dir=Path(__file__).parent / "configs",
     description="Chimera-Seg: body + CLIP Semantic Head (partial frozen CLIP), SGD and SAM",
     uses_clip=True,
+    trains=True,
+    text_classifier="fixed",
+    train_mapper="semantic",
+    meta_architecture="ChimeraSeg",
 )
 
 __all__ = ["METHOD", "ChimeraSeg", "add_chimera_config"]

@@ -31,6 +31,10 @@ def add_chimera_config(cfg) -> None:
     # it cut unseen mIoU (24.9 vs 34.9 on the test world, seed 0; see README 'How the defaults were chosen')
     c.CSH.ENTRY_ALIGN_WEIGHT = 0.0
     c.CSH.STATS_MOMENTUM = 0.01  # EMA momentum of the teacher entry-token statistics
+    # stride (input pixels) of the head's token grid: 0 = the body's own (stride 4); 16 = ViT-B/16's own grid.
+    # Pooled grids are upsampled back to the body's grid (see DETAIL). Default for real protocols: configs/default.yaml
+    c.CSH.STRIDE = 0
+    c.CSH.DETAIL = True  # with a pooled grid: + a zero-initialised 1x1 projection of the stride-4 body features
 
     c.SGD = CN()  # Selective Global Distillation
     c.SGD.ENABLED = True

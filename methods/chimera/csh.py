@@ -1,9 +1,12 @@
 """The CLIP Semantic Head: body features -> CLIP's own last blocks -> CLIP's joint space.
 
-adapter (trainable 1x1 conv, body width -> CLIP width) -> token normalisation -> + CLIP's
-positional embedding (interpolated to the body's grid) -> [teacher's class token] -> the last
-N residual blocks of the CLIP image encoder (a frozen copy) -> CLIP's fixed ln_post + proj.
-``PlainProjection`` is the ablation without partial CLIP.
+[average pooling to the head's token grid, CSH.STRIDE] -> adapter (trainable 1x1 conv, body
+width -> CLIP width) -> token normalisation -> + CLIP's positional embedding (interpolated to
+the token grid) -> [teacher's class token] -> the last N residual blocks of the CLIP image
+encoder (a frozen copy, run with memory-efficient attention) -> CLIP's fixed ln_post + proj
+[-> bilinear upsampling to the body's grid + a zero-initialised 1x1 projection of the body's
+features, so the stride-4 features keep their spatial detail]. ``PlainProjection`` is the
+ablation without partial CLIP.
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from zss_bench.clip import PartialViT
+from zss_bench.clip.partial import interpolate_pos_embed, run_block
 
 
 class CLIPSemanticHead(nn.Module):
     def __init__(self, in_channels: int, vit: PartialViT, num_blocks: int, *, token_norm: str = "teacher_stats",
-                 cls_token: str = "teacher", train_ln: bool = False, stats_momentum: float = 0.01):
+                 cls_token: str = "teacher", train_ln: bool = False, stats_momentum: float = 0.01, pool: int = 1,
+                 detail: bool = True):
         super().__init__()
         if not 1 <= num_blocks <= vit.num_blocks:
             raise ValueError(f"MODEL.CHIMERA.CSH.NUM_BLOCKS={num_blocks} but the CLIP has {vit.num_blocks} blocks")
@@ -26,16 +31,25 @@ class CLIPSemanticHead(nn.Module):
             raise ValueError(f"unknown MODEL.CHIMERA.CSH.TOKEN_NORM '{token_norm}' (teacher_stats | layernorm | none)")
         if cls_token not in ("teacher", "none"):
             raise ValueError(f"unknown MODEL.CHIMERA.CSH.CLS_TOKEN '{cls_token}' (teacher | none)")
+        if pool < 1:
+            raise ValueError(f"the CLIP Semantic Head's pooling factor must be >= 1, got {pool}")
         width = vit.width
         self.entry_block = vit.num_blocks - num_blocks
+        self.pool = pool
         self.adapter = nn.Conv2d(in_channels, width, 1)
+        self.detail = None
+        if pool > 1 and detail:  # starts at zero: the head's own (upsampled) output until training says otherwise
+            self.detail = nn.Conv2d(in_channels, vit.embed_dim, 1)
+            nn.init.zeros_(self.detail.weight)
+            nn.init.zeros_(self.detail.bias)
         self.token_norm, self.cls_token, self.momentum = token_norm, cls_token, stats_momentum
         self.norm = nn.LayerNorm(width) if token_norm != "none" else nn.Identity()
         # a private frozen copy: the teacher keeps the originals untouched even if LN affines train
         self.blocks = copy.deepcopy(vit.blocks[self.entry_block:])
         self.ln_post = copy.deepcopy(vit.ln_post)
-        self.register_buffer("proj", vit.proj.detach().clone(), persistent=True)
-        self.register_buffer("pos", vit.visual.positional_embedding.detach().clone(), persistent=True)
+        # derived from the run's CLIP at build time: never stored in checkpoints
+        self.register_buffer("proj", vit.proj.detach().clone(), persistent=False)
+        self.register_buffer("pos", vit.visual.positional_embedding.detach().clone(), persistent=False)
         self.native_grid = vit.native_grid
         self.seq_first = not getattr(vit.visual.transformer, "batch_first", True)
         for p in [*self.blocks.parameters(), *self.ln_post.parameters()]:
@@ -78,12 +92,14 @@ class CLIPSemanticHead(nn.Module):
         return x
 
     def _pos(self, grid) -> torch.Tensor:
-        from zss_bench.clip.partial import interpolate_pos_embed
-
         return interpolate_pos_embed(self.pos, self.native_grid, grid)
 
-    def forward(self, features: torch.Tensor, teacher_entry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (joint-space dense features (B, D, h, w), entry tokens (B, h*w, width))."""
+    def forward(self, features: torch.Tensor, teacher_entry: torch.Tensor | None = None):
+        """-> (joint-space dense features (B, D, H, W) on the body's grid, entry tokens (B, h*w, width),
+        the token grid (h, w)); ``teacher_entry`` needs only its class token (B, 1+, width)."""
+        fine = features
+        if self.pool > 1:
+            features = F.avg_pool2d(features, self.pool, ceil_mode=True)
         b, _, h, w = features.shape
         tokens = self.entry_tokens(features)
         pos = self._pos((h, w)).to(tokens.dtype)
@@ -96,11 +112,15 @@ class CLIPSemanticHead(nn.Module):
         if self.seq_first:
             x = x.transpose(0, 1)
         for blk in self.blocks:
-            x = blk(x)
+            x = run_block(blk, x)
         if self.seq_first:
             x = x.transpose(0, 1)
-        z = self.ln_post(x[:, n_cls:]) @ self.proj
-        return z.transpose(1, 2).reshape(b, -1, h, w), tokens
+        z = (self.ln_post(x[:, n_cls:]) @ self.proj).transpose(1, 2).reshape(b, -1, h, w)
+        if self.pool > 1:
+            z = F.interpolate(z, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+            if self.detail is not None:
+                z = z + self.detail(fine)
+        return z, tokens, (h, w)
 
     def project_entry(self, tokens: torch.Tensor, grid) -> torch.Tensor:
         """Entry tokens straight to the joint space (the optional auxiliary SAM term)."""
@@ -118,7 +138,7 @@ class PlainProjection(nn.Module):
                                   nn.Conv2d(in_channels, embed_dim, 1))
 
     def forward(self, features, teacher_entry=None):
-        return self.proj(features), None
+        return self.proj(features), None, tuple(features.shape[-2:])
 
 
 def entry_alignment_loss(tokens: torch.Tensor, grid, teacher_entry: torch.Tensor) -> torch.Tensor:

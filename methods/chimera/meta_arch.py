@@ -5,16 +5,20 @@ from __future__ import annotations
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
 import torch
 import torch.nn.functional as F
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.utils.events import get_event_storage
 
-from zss_bench.methods.chimera.csh import CLIPSemanticHead, PlainProjection, entry_alignment_loss
-from zss_bench.methods.chimera.sgd import box_mask, crop_boxes, crop_images, keep_fraction, selective_global_distillation
 from zss_bench.modeling.body import SegmentationBody
-from zss_bench.modeling.clip_support import ClipTeacher, TextClassifier, load_run_clip
+from zss_bench.modeling.calibration import calibrate_seen, image_prior
+from zss_bench.modeling.clip_support import load_run_clip
+from zss_bench.modeling.context import run_protocol, seen_class_names
+from zss_bench.modeling.progress import current_iteration, put_scalar, training_progress
+from zss_bench.modeling.regions import box_mask, crop_boxes, crop_images
 from zss_bench.modeling.segmentor import ZSSSegmentor
-from zss_bench.protocol import load_protocol
+from zss_bench.modeling.teacher import ClipTeacher
+from zss_bench.modeling.text import TextClassifier
+
+from .csh import CLIPSemanticHead, PlainProjection, entry_alignment_loss
+from .sgd import keep_fraction, selective_global_distillation
 
 
 @META_ARCH_REGISTRY.register()
@@ -25,21 +29,21 @@ class ChimeraSeg(ZSSSegmentor):
         c = cfg.MODEL.CHIMERA
         self.cfg_c, self.max_iter = c, cfg.SOLVER.MAX_ITER
         device = torch.device(cfg.MODEL.DEVICE)
-        protocol = load_protocol(cfg.ZSS.PROTOCOL)
-        self.clip = load_run_clip(cfg.ZSS.CLIP, protocol, device)
+        protocol = run_protocol(cfg)
+        self.use_clip(load_run_clip(cfg.ZSS.CLIP, protocol, device))
         self.body = body
         n_blocks = c.CSH.NUM_BLOCKS if c.CSH.ENABLED else 1
         self.teacher = ClipTeacher(self.clip, entry_block=len(self.clip.model.visual.transformer.resblocks) - n_blocks)
         if c.CSH.ENABLED:
             self.head = CLIPSemanticHead(body.out_channels, self.teacher.vit, c.CSH.NUM_BLOCKS,
                                          token_norm=c.CSH.TOKEN_NORM, cls_token=c.CSH.CLS_TOKEN,
-                                         train_ln=c.CSH.TRAIN_LN, stats_momentum=c.CSH.STATS_MOMENTUM)
+                                         train_ln=c.CSH.TRAIN_LN, stats_momentum=c.CSH.STATS_MOMENTUM,
+                                         pool=self._csh_pool(c.CSH.STRIDE, body.stride), detail=c.CSH.DETAIL)
         else:
             self.head = PlainProjection(body.out_channels, self.clip.embed_dim)
-        # Training sees only what the training dataset exposes: the seen class names.
-        seen_names = list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).stuff_classes)
+        self.freeze_clip_parts("teacher.", "head.blocks.", "head.ln_post.")
         self.templates = protocol.templates(c.PROMPTS or None)
-        self.text = TextClassifier(self.clip, self.templates, seen_names)
+        self.text = TextClassifier(self.clip, self.templates, seen_class_names(cfg))
         self.logit_scale = 1.0 / c.LOGIT_TEMPERATURE
         self.gamma = c.INFERENCE.SEEN_CALIBRATION
         self.image_prior = c.INFERENCE.IMAGE_PRIOR
@@ -54,8 +58,15 @@ class ChimeraSeg(ZSSSegmentor):
     def lr_multipliers(self) -> dict:
         return {"body.": self.body_lr} if self.body_lr != 1.0 else {}
 
-    def clip_record(self) -> dict:
-        return self.clip.record()
+    @staticmethod
+    def _csh_pool(stride: int, body_stride: int) -> int:
+        """CSH.STRIDE (the head's token stride in input pixels; 0 = the body's own) -> pooling factor."""
+        if stride == 0:
+            return 1
+        if stride < body_stride or stride % body_stride:
+            raise ValueError(f"MODEL.CHIMERA.CSH.STRIDE {stride} must be 0 or a multiple of the body's stride "
+                             f"{body_stride} (e.g. {body_stride}, {2 * body_stride}, {4 * body_stride})")
+        return stride // body_stride
 
     def set_eval_classes(self, class_names, seen_ids):
         super().set_eval_classes(class_names, seen_ids)
@@ -65,13 +76,24 @@ class ChimeraSeg(ZSSSegmentor):
     def _rgb255(self, images: torch.Tensor) -> torch.Tensor:
         return images * self.pixel_std + self.pixel_mean  # undo the body's normalisation
 
+    def _teacher_needs(self) -> tuple[str, ...]:
+        """The teacher outputs this configuration uses now: training needs the CLS (SGD) and the entry
+        tokens (token statistics, class token, entry alignment); evaluation only the entry class token
+        (when the head takes it) and the CLS for the image prior. Nothing needed: the teacher is not run."""
+        c, csh = self.cfg_c, isinstance(self.head, CLIPSemanticHead)
+        if self.training:
+            return ("cls", "entry")
+        need = (("entry",) if csh and c.CSH.CLS_TOKEN == "teacher" else ()) + (("cls",) if self.image_prior else ())
+        return need
+
     def _dense(self, images: torch.Tensor):
         features = self.body(images)
-        teacher = self.teacher(self._rgb255(images))
+        need = self._teacher_needs()
+        teacher = self.teacher.encode(self._rgb255(images), need) if need else {}
         if isinstance(self.head, CLIPSemanticHead) and self.training:
             self.head.update_stats(teacher["entry"])
-        z, tokens = self.head(features, teacher["entry"])
-        return z, tokens, teacher, features.shape[-2:]
+        z, tokens, grid = self.head(features, teacher.get("entry"))
+        return z, tokens, teacher, grid
 
     def train_losses(self, images, targets):
         c = self.cfg_c
@@ -88,7 +110,7 @@ class ChimeraSeg(ZSSSegmentor):
                 aux = F.interpolate(aux, size=targets.shape[-2:], mode="bilinear", align_corners=False)
                 losses["loss_sam_aux"] = c.SAM.AUX_WEIGHT * F.cross_entropy(aux, targets, ignore_index=self.ignore_value)
         if c.SGD.ENABLED:
-            progress = self._progress()
+            progress = training_progress(self.max_iter)
             frac = keep_fraction(c.SGD.SCHEDULE, progress, c.SGD.START_FRACTION, c.SGD.END_FRACTION,
                                  tuple(c.SGD.STEP_MILESTONES), c.SGD.STEP_GAMMA)
             value, stats = selective_global_distillation(z, teacher["cls"], frac, loss=c.SGD.LOSS, pool=c.SGD.POOL,
@@ -96,7 +118,7 @@ class ChimeraSeg(ZSSSegmentor):
             if c.SGD.CROPS > 0:
                 value = (value + self._crop_distillation(images, z, frac)) / (1 + c.SGD.CROPS)
             losses["loss_sgd"] = c.SGD.WEIGHT * value
-            self._put("sgd_fraction", frac)
+            put_scalar("sgd_fraction", frac)
         if c.CSH.ENABLED and c.CSH.ENTRY_ALIGN_WEIGHT > 0:
             losses["loss_entry"] = c.CSH.ENTRY_ALIGN_WEIGHT * entry_alignment_loss(tokens, grid, teacher["entry"])
         if not losses:
@@ -109,12 +131,12 @@ class ChimeraSeg(ZSSSegmentor):
         draws the same crops as an uninterrupted one."""
         c = self.cfg_c.SGD
         grid = tuple(z.shape[-2:])
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self._iteration())
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + current_iteration())
         rgb = self._rgb255(images)
         total = z.new_zeros(())
         for _ in range(c.CROPS):
             boxes = crop_boxes(z.shape[0], grid, tuple(c.CROP_SCALE), gen)
-            cls = self.teacher(crop_images(rgb, boxes, grid))["cls"]
+            cls = self.teacher.encode(crop_images(rgb, boxes, grid), ("cls",))["cls"]
             value, _ = selective_global_distillation(z, cls, frac, loss=c.LOSS, pool=c.POOL,
                                                      temperature=c.INFONCE_TEMPERATURE,
                                                      valid=box_mask(boxes, grid).to(z.device))
@@ -129,31 +151,10 @@ class ChimeraSeg(ZSSSegmentor):
         own = cos.gather(1, targets.clamp(0, cos.shape[1] - 1).unsqueeze(1)).squeeze(1)
         return (1.0 - own[valid]).mean()
 
-    def _iteration(self) -> int:
-        try:
-            return get_event_storage().iter
-        except AssertionError:  # outside a trainer (unit tests)
-            return 0
-
-    def _progress(self) -> float:
-        return self._iteration() / max(1, self.max_iter - 1)
-
-    @staticmethod
-    def _put(name, value):
-        try:
-            get_event_storage().put_scalar(name, value, smoothing_hint=False)
-        except AssertionError:
-            pass
-
     def eval_scores(self, images):
         z, _, teacher, _ = self._dense(images)
-        scores = self.text(z)
-        if self.gamma:
-            scores[:, self.eval_seen_ids] -= self.gamma
-        logits = self.logit_scale * scores
+        logits = self.logit_scale * calibrate_seen(self.text(z), self.eval_seen_ids, self.gamma)
         if not self.image_prior:
             return logits
         # CLIP's zero-shot guess for the whole image, as a per-image class prior on every pixel
-        image_cos = F.normalize(teacher["cls"].float(), dim=-1) @ self.text.embeddings.t()  # (B, C)
-        prior = F.log_softmax(self.logit_scale * image_cos, dim=1)
-        return F.log_softmax(logits, dim=1) + self.image_prior * prior[:, :, None, None]
+        return image_prior(logits, self.text(teacher["cls"].float()[:, None])[:, 0], self.logit_scale, self.image_prior)

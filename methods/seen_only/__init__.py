@@ -15,7 +15,7 @@ add_seen_only_config = lazy_add_config(__name__, "add_seen_only_config")
 
 def __getattr__(name: str):  # the model class, imported on first use
     if name == "SeenOnlySeg":
-        from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
+        from .meta_arch import SeenOnlySeg
 
         return SeenOnlySeg
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -27,6 +27,10 @@ METHOD = MethodPlugin(
     config_dir=Path(__file__).parent / "configs",
     description="body + seen-class classifier, no CLIP (lower bound on unseen)",
     uses_clip=False,
+    trains=True,
+    text_classifier="none",
+    train_mapper="semantic",
+    meta_architecture="SeenOnlySeg",
 )
 
 __all__ = ["METHOD", "SeenOnlySeg", "add_seen_only_config"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
 import torch
 import torch.nn.functional as F
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from zss_bench.modeling.body import SegmentationBody
+from zss_bench.modeling.context import seen_class_names
 from zss_bench.modeling.segmentor import ZSSSegmentor
 
 
@@ -18,7 +18,7 @@ class SeenOnlySeg(ZSSSegmentor):
         body = SegmentationBody(cfg)
         super().__init__(cfg, body.size_divisibility)
         self.body = body
-        self.num_seen = len(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).stuff_classes)
+        self.num_seen = len(seen_class_names(cfg))
         self.classifier = nn.Conv2d(body.out_channels, self.num_seen, 1)
         self.loss_weight = cfg.MODEL.SEEN_ONLY.LOSS_WEIGHT
         self.to(torch.device(cfg.MODEL.DEVICE))

@@ -16,7 +16,56 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PartialViT", "PartialViTError", "interpolate_pos_embed"]
+__all__ = ["PartialViT", "PartialViTError", "interpolate_pos_embed", "run_block", "value_path"]
+
+
+def _is_standard_block(blk: nn.Module) -> bool:
+    attn = getattr(blk, "attn", None)
+    return (isinstance(attn, nn.MultiheadAttention) and attn._qkv_same_embed_dim and attn.in_proj_weight is not None
+            and not hasattr(blk, "ln_1_kv") and hasattr(blk, "ln_1") and hasattr(blk, "mlp"))
+
+
+def _qkv(attn: nn.MultiheadAttention, x: torch.Tensor):
+    """(B, N, C) -> q, k, v as (B, heads, N, C / heads), the packed in-projection of ``attn``."""
+    b, n, c = x.shape
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(b, n, 3, attn.num_heads, c // attn.num_heads)
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def run_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``blk(x)`` for an open_clip residual attention block (same layout convention as the block's
+    own attention), computed with ``scaled_dot_product_attention``: never an N x N matrix where a
+    memory-efficient kernel exists (nn.MultiheadAttention's inference fast path materialises it: at
+    a 512 px window on a stride-4 grid, 16,385 tokens and 12 heads, that is 13 GB). Other block
+    types run as they are."""
+    if not _is_standard_block(blk):
+        return blk(x)
+    if not blk.attn.batch_first:
+        return _run_standard_block(blk, x.transpose(0, 1)).transpose(0, 1)
+    return _run_standard_block(blk, x)
+
+
+def _run_standard_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    attn = blk.attn
+    b, n, c = x.shape
+    q, k, v = _qkv(attn, blk.ln_1(x))
+    dropout = attn.dropout if blk.training else 0.0
+    a = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    a = F.linear(a.transpose(1, 2).reshape(b, n, c), attn.out_proj.weight, attn.out_proj.bias)
+    x = x + blk.ls_1(a)
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
+def value_path(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP's dense tokens from the last block: the value embedding of every token through the
+    attention's output projection, with neither query-key mixing nor the residual and MLP
+    (B, N, C) -> (B, N, C); ``PartialViT.project`` maps them to the joint space."""
+    if not _is_standard_block(blk):
+        raise PartialViTError(f"value-path features need a standard open_clip attention block, got {type(blk).__name__}")
+    b, n, c = x.shape
+    _, _, v = _qkv(blk.attn, blk.ln_1(x))
+    v = v.transpose(1, 2).reshape(b, n, c)
+    return F.linear(v, blk.attn.out_proj.weight, blk.attn.out_proj.bias)
 
 
 class PartialViTError(ValueError):
@@ -119,7 +168,7 @@ class PartialViT(nn.Module):
         if seq_first:
             x = x.transpose(0, 1)
         for blk in blocks:
-            x = blk(x)
+            x = run_block(blk, x)
         return x.transpose(0, 1) if seq_first else x
 
     @property

@@ -9,12 +9,8 @@ import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-# Fields that identify *where/how often* a run happens, not *what* is trained: they do not
-# enter the config hash, so seeds and output folders of one configuration group together.
-# MODEL.WEIGHTS names a file (a re-scored cell's own checkpoint differs per seed), not a choice;
-# the protocol's file and the method's config file are where the choices came from, not the choices.
-_NOT_HASHED = ("SEED", "OUTPUT_DIR", "ZSS.DATA_ROOT", "ZSS.LABEL", "SOLVER.CHECKPOINT_PERIOD", "DATALOADER.NUM_WORKERS",
-               "MODEL.DEVICE", "ZSS.N_BOOT", "ZSS.PROGRESS", "MODEL.WEIGHTS", "ZSS.PROTOCOL_FILE", "ZSS.CONFIG_FILE")
+from zss_bench.engine.labels import NOT_HASHED as _NOT_HASHED  # keys outside the config hash (see there)
+from zss_bench.engine.labels import overrides_label
 
 
 # String keys with a fixed set of values (method configs add theirs with ``declare_choices``), so a
@@ -109,9 +105,12 @@ def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root:
     add_zss_config(cfg)
     plugin.add_config(cfg)
     method_file = resolve_method_config(plugin, protocol, config_file)
-    cfg.merge_from_file(str(method_file))
+    _merge_method_file(cfg, method_file)
     opts = list(opts or [])
     apply_overrides(cfg, opts)
+    from zss_bench.plugins import check_meta_architecture
+
+    check_meta_architecture(plugin, cfg)  # before anything else trusts the model class
     _check_choices(cfg)
     _check_ignore_label(cfg, protocol, opts)
     cfg.ZSS.METHOD = plugin.name
@@ -124,9 +123,7 @@ def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root:
     if clip:
         cfg.ZSS.CLIP = clip
     if not cfg.ZSS.LABEL:
-        pairs = [f"{opts[i].split('.')[-1]}={opts[i + 1]}" for i in range(0, len(opts), 2)
-                 if opts[i] not in ("ZSS.LABEL",) and opts[i] not in _NOT_HASHED]
-        cfg.ZSS.LABEL = ",".join(pairs) if pairs else "default"
+        cfg.ZSS.LABEL = overrides_label(opts) or "default"
     cfg.DATASETS.TRAIN = (f"zss_{protocol.name}_train",)
     cfg.DATASETS.TEST = (f"zss_{protocol.name}_{protocol.eval_split}",)
     cfg.SEED = int(seed)
@@ -147,6 +144,18 @@ def resolve_method_config(plugin, protocol, config_file: str | None = None):
                                       f"{plugin.config_dir}/default.yaml)")
         return path.resolve()
     return plugin.config_file(protocol)
+
+
+def _merge_method_file(cfg, path) -> None:
+    """``cfg.merge_from_file`` with a one-line error naming the file (an unknown key, a value of the
+    wrong type, broken YAML, a missing ``_BASE_``) instead of a yacs/yaml traceback."""
+    import yaml
+
+    try:
+        cfg.merge_from_file(str(path))
+    except (KeyError, ValueError, AssertionError, yaml.YAMLError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise ConfigOverrideError(f"method config {path}: {' '.join(str(message).split())}") from None
 
 
 def _check_ignore_label(cfg, protocol, opts: list[str]) -> None:

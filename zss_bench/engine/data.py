@@ -69,6 +69,33 @@ class InductiveTrainMapper:
                 "height": h, "width": w, "file_name": d["file_name"], "image_id": d.get("image_id")}
 
 
+class PerClassMaskMapper(InductiveTrainMapper):
+    """For mask-classification methods: also one binary mask per seen class present in the (already
+    checked, augmented) target: ``classes`` (K,) seen ids and ``masks`` (K, H, W) bool. Ignored pixels
+    (unseen and void) belong to no mask."""
+
+    def __call__(self, d: dict, rng: np.random.Generator) -> dict:
+        out = super().__call__(d, rng)
+        target = out["sem_seg"]
+        classes = torch.unique(target[target != self.ignore_label])
+        out["classes"] = classes
+        out["masks"] = target[None] == classes[:, None, None]
+        return out
+
+
+MAPPERS = {"semantic": InductiveTrainMapper, "per-class-masks": PerClassMaskMapper}
+
+
+def build_train_mapper(cfg, kind: str = "semantic") -> InductiveTrainMapper:
+    """The training mapper a plugin declares (``MethodPlugin.train_mapper``); every kind runs the
+    inductive guard on every target before anything else."""
+    if kind not in MAPPERS:
+        from zss_bench.registry import UnknownNameError
+
+        raise UnknownNameError.for_name("training mapper", kind, sorted(MAPPERS))
+    return MAPPERS[kind](cfg)
+
+
 class SeededTrainStream(IterableDataset):
     """Infinite stream of per-rank batches; batch ``i`` depends only on ``(seed, i, rank)``."""
 

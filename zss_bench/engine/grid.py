@@ -15,6 +15,14 @@ cut off is only evaluated again; a grid never deletes a checkpoint.
 A cell with ``eval_of: LABEL`` trains nothing: it re-evaluates the final checkpoint of the cell
 ``LABEL`` (same method and seed) with its own ``opts``, for test-time-only variants (a
 calibration, a prior) that must not cost, or differ by, a second training run.
+
+Overrides given to the whole grid (``zss-bench grid --opts KEY VALUE ...``) are part of every
+cell's identity: the label gets a suffix derived from them as ``zss-bench run`` derives a label
+(``default`` + ``SOLVER.MAX_ITER 20`` -> ``default+MAX_ITER=20``; keys outside the config hash,
+such as ``ZSS.N_BOOT`` or ``MODEL.DEVICE``, add nothing), so a shortened grid is filed, skipped and
+averaged apart from the full one and never counts as its record. ``ZSS.CLIP`` adds nothing to the
+label either: the teacher is part of a cell's identity through its weights hash (above), which a
+label spelling a path or tag could only get wrong (two specs of the same weights are one cell).
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from pathlib import Path
 
 import yaml
 
+from zss_bench.engine.labels import overrides_label
 from zss_bench.protocol import Protocol, load_protocol
 from zss_bench.records.paths import expand_path
 from zss_bench.records.store import atomic_write_text, iter_runs
@@ -94,6 +103,21 @@ def _clip_spec(opts: list[str]) -> str:
     return spec
 
 
+def with_extra_overrides(cells: list[Cell], extra: list[str]) -> list[Cell]:
+    """``cells`` as run with the grid-wide overrides ``extra``: each label (and the label an
+    ``eval_of`` cell re-scores, which ran with the same overrides) gets ``+<derived label>``."""
+    extra = [str(x) for x in extra]
+    if len(extra) % 2:
+        raise GridError(f"--opts must be KEY VALUE pairs; got {len(extra)} items and '{extra[-1]}' has no value")
+    if "ZSS.LABEL" in extra[::2]:
+        raise GridError("--opts ZSS.LABEL: every cell has its own label (set 'label' in the grid file)")
+    suffix = overrides_label(extra, skip=("ZSS.CLIP",))
+    if not suffix:
+        return list(cells)
+    return [Cell(c.method, c.seed, f"{c.label}+{suffix}", c.opts,
+                 None if c.eval_of is None else f"{c.eval_of}+{suffix}") for c in cells]
+
+
 def _find(results: str, protocol: str, protocol_hash: str, method: str, label: str, seed: int,
           clip_hash=None) -> dict | None:
     """The newest run record of (protocol at this hash, method, label, seed), if any. With
@@ -145,6 +169,7 @@ def run_grid(path: str | Path, *, results: str | None = None, work_dir: str = "w
 
     results = results or default_results_root()
     protocol, cells = load_grid(path)
+    cells = with_extra_overrides(cells, extra or [])
     proto = load_protocol(protocol)
     protocol_hash = proto.content_hash  # an edited protocol makes every cell due again
     clip_weights = ClipWeights(proto)

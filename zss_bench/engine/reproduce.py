@@ -34,7 +34,7 @@ VERDICTS = ("identical", "within noise", "not reproduced")
 METRICS = (("mIoU_seen", "mIoU(S)"), ("mIoU_unseen", "mIoU(U)"), ("hIoU", "hIoU"), ("mIoU", "mIoU"), ("pAcc", "pAcc"))
 # Keys a re-run sets itself (from the protocol, the seed and its scratch folder), or that only
 # steer logging: they are not carried over from the record.
-_NOT_CARRIED = {"OUTPUT_DIR", "SEED", "ZSS.DATA_ROOT", "ZSS.PROTOCOL", "ZSS.PROTOCOL_HASH", "ZSS.METHOD",
+_NOT_CARRIED = {"OUTPUT_DIR", "SEED", "ZSS.DATA_ROOT", "ZSS.PROTOCOL", "ZSS.PROTOCOL_HASH", "ZSS.PROTOCOL_FILE", "ZSS.CONFIG_FILE", "ZSS.METHOD",
                 "ZSS.LABEL", "ZSS.PROGRESS", "DATASETS.TRAIN", "DATASETS.TEST"}
 _PATH_KEYS = {"MODEL.WEIGHTS"}
 _TOLERANCE = 1e-6  # percent points: records store metrics rounded to 1e-6

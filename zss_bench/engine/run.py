@@ -167,39 +167,52 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
     seed_all_rng(cfg.SEED)
     audit = _reset_text_audit()
     started = time.time()
-    trainer = ZSSTrainer(cfg)
-    trainer.resume_or_load(resume=req.resume or req.eval_only)
-    resumed_from = trainer.start_iter
-    if not req.eval_only:
+    trains = plugin.trains and not req.eval_only
+    if trains:
+        trainer = ZSSTrainer(cfg, mapper=plugin.train_mapper)
+        trainer.resume_or_load(resume=req.resume)
+        resumed_from = trainer.start_iter
         try:
             trainer.train()
         except KeyboardInterrupt:
             raise RunInterrupted(int(getattr(trainer, "iter", resumed_from)), output_dir) from None
+        model, storage, mapper = trainer.bare_model, trainer.storage, trainer.mapper
+    else:  # detectron2's own evaluation path: build the model, load weights, evaluate; no optimizer, no loader
+        model = ZSSTrainer.build_model(cfg)
+        resumed_from = _load_for_evaluation(model, cfg) if plugin.trains else 0
+        storage = mapper = None
     train_time = time.time() - started
-    model = trainer.bare_model
-    leakage = _leakage_guard(protocol, audit, trainer)
-    cm = _evaluate(cfg, model, protocol)
+    _check_model(plugin, model)
+    leakage = _leakage_guard(protocol, audit, cfg, mapper)
+    cm, evaluation = _evaluate(cfg, model, protocol)
     if not comm.is_main_process():
         return
     from zss_bench.evaluation import score
     from zss_bench.records import collect_provenance, write_run
+    from zss_bench.records.efficiency import efficiency_block
     from zss_bench.records.paths import portable_path, portable_spec
 
-    storage = getattr(trainer, "storage", None)  # absent with --eval-only (no training step ran)
     history = storage.history("total_loss") if storage is not None and "total_loss" in storage.histories() else None
     record = {
         "kind": "run",
-        "protocol": {"name": protocol.name, "version": protocol.version, "hash": protocol.content_hash},
+        "protocol": {"name": protocol.name, "version": protocol.version, "hash": protocol.content_hash,
+                     "file": portable_path(cfg.ZSS.PROTOCOL_FILE)},
         "method": {"name": plugin.name, "label": cfg.ZSS.LABEL, "config_hash": config_hash(cfg),
+                   "config_file": portable_path(cfg.ZSS.CONFIG_FILE),
+                   "declares": {"trains": plugin.trains, "uses_clip": plugin.uses_clip,
+                                "text_classifier": plugin.text_classifier, "train_mapper": plugin.train_mapper},
                    "config": _portable_config(config_dict(cfg), portable_path, portable_spec)},
-        "clip": _portable_clip(getattr(model, "clip_record", lambda: None)(), portable_spec),
-        "training": {"max_iter": cfg.SOLVER.MAX_ITER, "resumed_from_iter": resumed_from, "eval_only": req.eval_only,
+        "clip": _portable_clip(model.clip_record(), portable_spec),
+        "training": {"performed": trains, "training_free": not plugin.trains,
+                     "max_iter": cfg.SOLVER.MAX_ITER if plugin.trains else 0, "resumed_from_iter": resumed_from,
+                     "eval_only": req.eval_only, "optimizer_built": trains,
                      "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "world_size": comm.get_world_size(),
                      "final_total_loss": history.latest() if history else None, "train_time_s": round(train_time, 1),
                      "output_dir": portable_path(output_dir)},
         "leakage": leakage,
         "dataset": {"root": portable_path(root), "train_images": _train_size(cfg)},
         "metrics": score(cm, protocol, n_boot=cfg.ZSS.N_BOOT, seed=cfg.SEED),
+        "efficiency": efficiency_block(model, evaluation, storage, output_dir, cfg.MODEL.DEVICE),
         "provenance": collect_provenance(seed=cfg.SEED, started=_iso(started), duration_s=round(time.time() - started, 1),
                                          world_size=comm.get_world_size(), device=cfg.MODEL.DEVICE),
     }
@@ -243,7 +256,28 @@ def _reset_text_audit():
     return text_encoder_audit
 
 
-def _leakage_guard(protocol: Protocol, audit, trainer) -> dict:
+def _load_for_evaluation(model, cfg) -> int:
+    """--eval-only: the output folder's last checkpoint, else MODEL.WEIGHTS (detectron2's resume_or_load
+    semantics); returns the iteration the weights were saved after (0 for an untrained model)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR)
+    checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
+    return int(checkpoint.get("iteration", -1)) + 1 if checkpointer.has_checkpoint() else 0
+
+
+def _check_model(plugin, model) -> None:
+    """A method that declares CLIP must say which CLIP it ran with: never a record with a silent null."""
+    from zss_bench.modeling.segmentor import ZSSSegmentor
+
+    if not isinstance(model, ZSSSegmentor):
+        raise TypeError(f"method {plugin.name}: {type(model).__name__} does not subclass zss_bench's ZSSSegmentor")
+    if plugin.uses_clip and not model.clip_record():
+        raise ValueError(f"method {plugin.name} declares uses_clip=True but its model {type(model).__name__} has no "
+                         "CLIP record: call self.use_clip(clip) when the model is built")
+
+
+def _leakage_guard(protocol: Protocol, audit, cfg, mapper) -> dict:
     """Fail the run if an unseen class name reached the text encoder before evaluation."""
     from zss_bench.data.inductive import LeakageError
 
@@ -251,13 +285,15 @@ def _leakage_guard(protocol: Protocol, audit, trainer) -> dict:
     leaked = audit.leaked(protocol.unseen_names) if audit is not None else []
     if leaked:
         raise LeakageError(
-            f"method {trainer.cfg.ZSS.METHOD} encoded unseen class name(s) {leaked} with the CLIP text encoder "
+            f"method {cfg.ZSS.METHOD} encoded unseen class name(s) {leaked} with the CLIP text encoder "
             f"before evaluation; in inductive ZSS only seen names ({len(protocol.seen_names)}) may reach training"
         )
+    checked = mapper.targets_checked if mapper is not None and cfg.DATALOADER.NUM_WORKERS == 0 else None
     return {"text_encoder_names_before_eval": names, "unseen_names_before_eval": leaked,
-            "training_targets_checked": trainer.mapper.targets_checked if trainer.cfg.DATALOADER.NUM_WORKERS == 0 else None,
-            "training_target_guard": "assert_seen_only on every training target; a violation aborts the run",
-            "train_view": _train_audit(trainer.cfg)}
+            "training_targets_checked": checked,
+            "training_target_guard": ("assert_seen_only on every training target; a violation aborts the run"
+                                      if mapper is not None else "no training in this run: no target was read"),
+            "train_view": _train_audit(cfg)}
 
 
 def _train_audit(cfg) -> dict:
@@ -267,13 +303,18 @@ def _train_audit(cfg) -> dict:
 
 
 def _evaluate(cfg, model, protocol: Protocol):
+    """-> (confusion matrix, {images, seconds, peak memory}) of evaluating ``model`` on the test split."""
     from detectron2.data import build_detection_test_loader
     from detectron2.evaluation import inference_on_dataset
 
     from zss_bench.engine.evaluator import ZSSEvaluator
+    from zss_bench.records.efficiency import PeakMemory
 
     model.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
     evaluator = ZSSEvaluator(cfg.DATASETS.TEST[0])
     loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
-    inference_on_dataset(model, loader, evaluator)
-    return evaluator.cm
+    with PeakMemory(cfg.MODEL.DEVICE) as peak:
+        started = time.perf_counter()
+        inference_on_dataset(model, loader, evaluator)
+        seconds = time.perf_counter() - started
+    return evaluator.cm, {"images": len(loader.dataset), "seconds": seconds, **peak.figures()}

@@ -25,7 +25,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from zss_bench.engine.data import InductiveTrainMapper, build_train_loader
+from zss_bench.engine.data import build_train_loader, build_train_mapper
 
 logger = logging.getLogger("zss_bench.trainer")
 
@@ -70,13 +70,13 @@ class _StopAtSafePoint(hooks.HookBase):
 
 
 class ZSSTrainer(DefaultTrainer):
-    def __init__(self, cfg):  # noqa: D401  (mirrors DefaultTrainer.__init__; see module docstring)
+    def __init__(self, cfg, mapper: str = "semantic"):  # noqa: D401  (mirrors DefaultTrainer.__init__)
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        self.mapper = InductiveTrainMapper(cfg)
+        self.mapper = build_train_mapper(cfg, mapper)
         data_loader = build_train_loader(cfg, self.mapper, start_iter=0)
         if comm.get_world_size() > 1:
             device_ids = [comm.get_local_rank()] if cfg.MODEL.DEVICE.startswith("cuda") else None
@@ -141,9 +141,12 @@ class ZSSTrainer(DefaultTrainer):
 
     def state_dict(self):
         # detectron2 0.6's DefaultTrainer does not checkpoint the optimizer (AdamW moments),
-        # so a resumed run would silently diverge from an uninterrupted one.
+        # so a resumed run would silently diverge from an uninterrupted one. The checkpoint of the
+        # last iteration leaves them out: nothing is left to resume, and on R-101 they are two
+        # thirds of the file (fine-tuning from it starts a new optimizer through MODEL.WEIGHTS).
         ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
+        if self.iter < self.max_iter - 1:
+            ret["_trainer"] = self._trainer.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):

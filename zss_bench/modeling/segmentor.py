@@ -1,10 +1,15 @@
 """Plumbing every zss-bench meta-architecture shares, so methods only write their own math.
 
 Handles detectron2's batched-input format, normalisation, padding (targets padded with the
-ignore label), upsampling scores to the input size, whole-image or sliding-window inference
-and ``sem_seg_postprocess`` back to each image's original size. The evaluation class list is
-handed over by the runner *after* training through :meth:`set_eval_classes`, so nothing
+protocol's ignore label), upsampling scores to the input size, whole-image or sliding-window
+inference and ``sem_seg_postprocess`` back to each image's original size. The evaluation class
+list is handed over by the runner *after* training through :meth:`set_eval_classes`, so nothing
 about unseen classes is present while a method trains.
+
+Checkpoints hold what was trained: the submodules a method declares as frozen CLIP
+(:meth:`ZSSSegmentor.freeze_clip_parts`) are left out of ``state_dict()`` and rebuilt from the
+run's CLIP spec when the model is built; the checkpoint keeps the CLIP weights' sha256, and
+loading it into a model built on other CLIP weights is an error.
 """
 from __future__ import annotations
 
@@ -15,6 +20,10 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
+from zss_bench.modeling.inference import infer
+
+CLIP_HASH_KEY = "clip_weights_sha256"
+
 
 class ZSSSegmentor(nn.Module):
     """Base class. Subclasses implement ``train_losses(images, targets) -> dict`` and
@@ -24,15 +33,60 @@ class ZSSSegmentor(nn.Module):
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
-        self.ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        self.ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE  # = the protocol's ignore_label (build_run_config)
         self.size_divisibility = max(1, size_divisibility)
         self.eval_mode = cfg.ZSS.EVAL.MODE
         self.slide_crop, self.slide_stride = cfg.ZSS.EVAL.SLIDE_CROP, cfg.ZSS.EVAL.SLIDE_STRIDE
         self.eval_class_names: list[str] | None = None
+        self.clip = None  # the run's LoadedClip (use_clip); not a submodule
+        self._frozen_clip_prefixes: tuple[str, ...] = ()
 
     @property
     def device(self):
         return self.pixel_mean.device
+
+    # --- CLIP bookkeeping --------------------------------------------------------------------
+    def use_clip(self, clip) -> None:
+        """Say which CLIP the model was built on: its record goes into the run record and its weights'
+        sha256 into every checkpoint."""
+        self.clip = clip
+        digest = bytes.fromhex(clip.record()["weights_hash"])
+        self.register_buffer(CLIP_HASH_KEY, torch.tensor(list(digest), dtype=torch.uint8))
+
+    def clip_record(self) -> dict | None:
+        return self.clip.record() if self.clip is not None else None
+
+    def freeze_clip_parts(self, *prefixes: str) -> None:
+        """Submodules (``"teacher."``, ``"head.blocks."``) holding frozen CLIP weights: their
+        non-trainable tensors stay out of checkpoints (trainable ones inside them are kept)."""
+        self._frozen_clip_prefixes = tuple(prefixes)
+
+    def _frozen_keys(self, keys, prefix: str = "") -> list[str]:
+        if not self._frozen_clip_prefixes:
+            return []
+        trainable = {prefix + n for n, p in self.named_parameters() if p.requires_grad}
+        heads = tuple(prefix + p for p in self._frozen_clip_prefixes)
+        return [k for k in keys if k.startswith(heads) and k not in trainable]
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in self._frozen_keys(list(out), prefix):
+            del out[key]
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a checkpoint (with or without the frozen CLIP weights); the frozen parts keep the
+        weights this model was built with, which must be the ones the checkpoint was trained on."""
+        state_dict = dict(state_dict)
+        theirs, ours = state_dict.get(CLIP_HASH_KEY), getattr(self, CLIP_HASH_KEY, None)
+        if theirs is not None and ours is not None and not torch.equal(theirs.to(ours.device), ours):
+            raise ValueError(f"checkpoint was trained on CLIP weights {bytes(theirs.tolist()).hex()[:12]}, but this "
+                             f"model was built on {bytes(ours.tolist()).hex()[:12]} ({self.clip.record().get('spec')}); "
+                             "pass the --clip the checkpoint's run record names")
+        full = super().state_dict()
+        for key in self._frozen_keys(list(full)):
+            state_dict.setdefault(key, full[key])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- the runner's interface ------------------------------------------------------------
     def set_eval_classes(self, class_names: list[str], seen_ids: list[int]) -> None:
@@ -66,34 +120,4 @@ class ZSSSegmentor(nn.Module):
         return results
 
     def _infer(self, images: torch.Tensor) -> torch.Tensor:
-        if self.eval_mode == "whole":
-            return self._upsampled(images)
-        if self.eval_mode == "slide":
-            return self._slide(images)
-        raise ValueError(f"unknown ZSS.EVAL.MODE '{self.eval_mode}' (whole | slide)")
-
-    def _upsampled(self, images: torch.Tensor) -> torch.Tensor:
-        scores = self.eval_scores(images)
-        return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
-
-    def _slide(self, images: torch.Tensor) -> torch.Tensor:
-        """Average scores of overlapping crops (mmseg-style 'slide' test mode)."""
-        b, _, h, w = images.shape
-        crop, stride = self.slide_crop, self.slide_stride
-        ys = list(range(0, max(h - crop, 0) + 1, stride))
-        xs = list(range(0, max(w - crop, 0) + 1, stride))
-        if ys[-1] + crop < h:
-            ys.append(h - crop)
-        if xs[-1] + crop < w:
-            xs.append(w - crop)
-        total, count = None, torch.zeros((1, 1, h, w), device=images.device)
-        for y in ys:
-            for x in xs:
-                y0, x0 = max(y, 0), max(x, 0)
-                patch = images[:, :, y0:y0 + crop, x0:x0 + crop]
-                s = self._upsampled(patch)
-                if total is None:
-                    total = torch.zeros((b, s.shape[1], h, w), device=images.device)
-                total[:, :, y0:y0 + patch.shape[2], x0:x0 + patch.shape[3]] += s
-                count[:, :, y0:y0 + patch.shape[2], x0:x0 + patch.shape[3]] += 1
-        return total / count
+        return infer(self.eval_scores, images, self.eval_mode, self.slide_crop, self.slide_stride)

@@ -1,0 +1,287 @@
+"""Cost of ONE thing on a method's real voc-15-5 configuration, measured in its own process.
+
+Run (one measurement per process, so the peak resident memory is that measurement's)::
+
+    .venv/bin/python benchmarks/real_config.py --method chimera --mode eval [--json]
+    .venv/bin/python benchmarks/real_config.py --method seen-only --mode train --json
+    .venv/bin/python benchmarks/real_config.py --method chimera --mode eval --size 128   # quick smoke test
+
+The configuration is what ``zss-bench run --method M --protocol voc-15-5`` builds (the method's
+``configs/default.yaml``: R-101 DeepLab body, CLIP ViT-B/16, 512 crops, slide inference) on CPU
+with ``--clip ViT-B-16:random`` (open_clip's real ViT-B/16, seeded random weights, no download),
+plus ``MODEL.DEVICE cpu``, BN instead of SyncBN, batch 2, no loader workers and ``--opts``.
+The protocol's datasets are registered the way a run registers them: a 2-image VOC-layout
+folder is written to a temporary directory, prepared with ``prepare_dataset`` (into a temporary
+``ZSS_BENCH_CACHE``) and registered with ``register_protocol``; the model is detectron2's
+``build_model(cfg)``.
+
+* ``--mode eval``: ``set_eval_classes`` (all 20 classes), ``model.eval()``, ``torch.no_grad()``,
+  1 warm-up + N timed forwards of one SIZE x SIZE image in detectron2's input format
+  (one slide window at the default size: SIZE == ZSS.EVAL.SLIDE_CROP).
+* ``--mode train``: ``model.train()``, the run's optimizer (``ZSSTrainer.build_optimizer``:
+  AdamW over the trainable parameters, the config's LR / weight decay / multipliers),
+  1 warm-up + N timed steps (forward, backward, optimizer step) of a batch of
+  ``SOLVER.IMS_PER_BATCH`` SIZE x SIZE images with random seen-class targets (training view:
+  ids 0..S-1, ~10% ignore).
+
+Memory: ``peak_rss_mb`` is VmHWM of /proc/self/status after resetting it (``echo 5 >
+/proc/self/clear_refs``) just before the warm-up, i.e. the peak of the warm-up + timed part
+(``peak_rss_reset`` says whether the reset was allowed; if not, it is the whole-process peak);
+``process_peak_rss_mb`` is getrusage's ru_maxrss (the whole process, model build included);
+``rss_before_mb`` is the resident memory when the measured part started. Times are wall
+seconds (median over N). Nothing here asserts anything about speed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROTOCOL = "voc-15-5"
+CLIP = "ViT-B-16:random"
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _mb(kb: int | None) -> float | None:
+    return None if kb is None else round(kb / 1024, 1)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_tiny_voc(root: Path, size: int) -> Path:
+    """A VOC 2012 folder in the real layout (as tests/conftest.py ``make_voc_layout`` writes it):
+    2 train images (SegmentationClassAug, train_aug.txt) and 1 val image, each with seen classes."""
+    import numpy as np
+    from PIL import Image
+
+    base = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClassAug", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    stems = {"train": ["2007_000001", "2007_000002"], "val": ["2007_000003"]}
+    for split, names in stems.items():
+        for i, stem in enumerate(names):
+            native = np.zeros((size, size), np.uint8)
+            q = size // 4
+            native[q:2 * q, q:2 * q] = 1 + 2 * i          # seen (VOC ids 1..15)
+            native[2 * q:3 * q, 2 * q:3 * q] = 15          # person, seen
+            native[q - 1, :] = 255
+            if split == "val":
+                native[:q - 1, :q] = 17                     # sheep, unseen
+            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(img, mode="RGB").save(base / "JPEGImages" / f"{stem}.jpg", quality=90)
+            folder = "SegmentationClassAug" if split == "train" else "SegmentationClass"
+            Image.fromarray(native, mode="P").save(base / folder / f"{stem}.png")
+    lists = base / "ImageSets" / "Segmentation"
+    (lists / "train_aug.txt").write_text("".join(f"{s}\n" for s in stems["train"]))
+    (lists / "val.txt").write_text("".join(f"{s}\n" for s in stems["val"]))
+    return root
+
+
+def _size_opts(size: int) -> list[str]:
+    if size == 512:
+        return []  # the real configuration as it is
+    return ["INPUT.CROP.SIZE", f"({size}, {size})", "ZSS.EVAL.SLIDE_CROP", str(size),
+            "ZSS.EVAL.SLIDE_STRIDE", str(max(1, size * 426 // 512))]
+
+
+def _windows(cfg, size: int) -> int:
+    if cfg.ZSS.EVAL.MODE != "slide":
+        return 1
+    crop, stride = cfg.ZSS.EVAL.SLIDE_CROP, cfg.ZSS.EVAL.SLIDE_STRIDE
+    n = len(range(0, max(size - crop, 0) + 1, stride))
+    n += int((n - 1) * stride + crop < size)
+    return n * n
+
+
+def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int = 1, opts: list[str] | None = None,
+            threads: int | None = None) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="zss-real-config-"))
+    os.environ["ZSS_BENCH_CACHE"] = str(work / "cache")  # prepared views + text embeddings: never ~/.cache
+    import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+    import torch
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    from zss_bench.data.d2_datasets import register_protocol
+    from zss_bench.data.prepare import prepare_dataset
+    from zss_bench.engine.config import build_run_config
+    from zss_bench.engine.trainer import ZSSTrainer
+    from zss_bench.plugins import get_method
+    from zss_bench.protocol import load_protocol
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        started = time.perf_counter()
+        protocol = load_protocol(PROTOCOL)
+        plugin = get_method(method)
+        base = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
+                "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
+        all_opts = [*base, *_size_opts(size), *(opts or [])]
+        data_root = write_tiny_voc(work / "data", size)
+        prepare_dataset("voc", data_root, protocol, progress=False, workers=1)
+        cfg = build_run_config(plugin, protocol, seed=0, output_dir=str(work / "out"), data_root=str(data_root),
+                               clip=CLIP if plugin.uses_clip else "", opts=all_opts)
+        register_protocol(protocol, data_root)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        build_s = time.perf_counter() - started
+        params = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        gen = torch.Generator().manual_seed(0)
+
+        def image():
+            return torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=gen)
+
+        extra: dict = {}
+        if mode == "eval":
+            model.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
+            model.eval()
+            batch = [{"image": image(), "height": size, "width": size}]
+
+            def step(_i):
+                with torch.no_grad():
+                    out = model(batch)
+                sem = out[0]["sem_seg"]
+                if tuple(sem.shape) != (protocol.num_classes, size, size) or not torch.isfinite(sem).all():
+                    raise RuntimeError(f"eval output has shape {tuple(sem.shape)} / non-finite values; expected "
+                                       f"({protocol.num_classes}, {size}, {size})")
+                return None
+            extra["windows_per_image"] = _windows(cfg, size)
+        elif mode == "train":
+            model.train()
+            optimizer = ZSSTrainer.build_optimizer(cfg, model)
+            extra["optimizer"] = type(optimizer).__name__
+            num_seen, ignore = len(protocol.seen_ids), protocol.ignore_label
+
+            def target():
+                cells = max(1, size // 32)
+                coarse = torch.randint(0, num_seen, (cells, cells), generator=gen)
+                t = coarse.repeat_interleave(size // cells, 0).repeat_interleave(size // cells, 1)
+                t = torch.nn.functional.pad(t, (0, size - t.shape[1], 0, size - t.shape[0]), value=ignore)
+                t[torch.rand((size, size), generator=gen) < 0.1] = ignore
+                return t.long()
+
+            batch = [{"image": image(), "sem_seg": target()} for _ in range(cfg.SOLVER.IMS_PER_BATCH)]
+            storage = EventStorage(0).__enter__()  # what a trainer provides (iteration, scalars)
+
+            def step(i):
+                storage.iter = i
+                losses = model(batch)
+                total = sum(losses.values())
+                if not torch.isfinite(total):
+                    raise RuntimeError(f"training loss is not finite: { {k: float(v) for k, v in losses.items()} }")
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                return float(total.detach())
+        else:
+            raise ValueError(f"--mode must be eval or train, got {mode!r}")
+
+        load_before = os.getloadavg()[0]
+        rss_before = _status_kb("VmRSS")
+        reset = _reset_peak_rss()
+        last = None
+        for i in range(warmup):
+            last = step(i)
+        times = []
+        for i in range(warmup, warmup + n):
+            t0 = time.perf_counter()
+            last = step(i)
+            times.append(time.perf_counter() - t0)
+        peak = _status_kb("VmHWM")
+        if mode == "train":
+            extra["final_total_loss"] = last
+            storage.__exit__(None, None, None)
+        unit = "window" if mode == "eval" else "step"
+        median = statistics.median(times)
+        if mode == "eval" and extra["windows_per_image"] > 1:
+            median /= extra["windows_per_image"]
+        return {
+            "method": method, "mode": mode, "protocol": PROTOCOL, "clip": cfg.ZSS.CLIP if plugin.uses_clip else None,
+            "size": size, "n": n, "warmup": warmup,
+            f"seconds_per_{unit}": round(median, 3), "seconds": [round(t, 3) for t in times],
+            "build_seconds": round(build_s, 1),
+            "peak_rss_mb": _mb(peak), "peak_rss_reset": reset, "rss_before_mb": _mb(rss_before),
+            "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "params_total": params, "params_trainable": trainable,
+            "batch": cfg.SOLVER.IMS_PER_BATCH if mode == "train" else 1,
+            "config": {"meta_architecture": cfg.MODEL.META_ARCHITECTURE, "resnet_depth": cfg.MODEL.RESNETS.DEPTH,
+                       "crop": list(cfg.INPUT.CROP.SIZE), "eval_mode": cfg.ZSS.EVAL.MODE,
+                       "slide_crop": cfg.ZSS.EVAL.SLIDE_CROP, "slide_stride": cfg.ZSS.EVAL.SLIDE_STRIDE,
+                       "config_file": Path(cfg.ZSS.CONFIG_FILE).name, "opts": all_opts},
+            **extra,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
+            # other work on the machine inflates the times: the 1-minute load around the measured part
+            "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "torch": torch.__version__, "python": platform.python_version(),
+        }
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--method", required=True, help="method plugin (zss-bench methods)")
+    ap.add_argument("--mode", required=True, choices=("eval", "train"))
+    ap.add_argument("--size", type=int, default=512, help="image side (default 512: the real crop / slide window)")
+    ap.add_argument("-n", "--n", type=int, default=2, help="timed forwards / steps (default 2)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed forwards / steps first (default 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="extra config overrides")
+    ap.add_argument("--json", action="store_true", help="print one JSON object only")
+    args = ap.parse_args(argv)
+    if args.n < 1 or args.size < 32:
+        ap.error("--n must be >= 1 and --size >= 32")
+    res = measure(args.method, args.mode, size=args.size, n=args.n, warmup=args.warmup, opts=args.opts,
+                  threads=args.threads)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        unit = "window" if args.mode == "eval" else "step"
+        print(f"{res['method']} {res['mode']} @ {res['size']}px: {res[f'seconds_per_{unit}']:.2f} s/{unit} "
+              f"(median of {res['n']}: {res['seconds']}), peak RSS {res['peak_rss_mb']} MB "
+              f"(process {res['process_peak_rss_mb']} MB, before {res['rss_before_mb']} MB), "
+              f"{res['params_total'] / 1e6:.1f} M params ({res['params_trainable'] / 1e6:.1f} M trainable), "
+              f"build {res['build_seconds']} s, {res['torch_threads']} threads, {res['cpu_model']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
