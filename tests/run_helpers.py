@@ -10,6 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from zss_bench.methods.seen_only.config import add_seen_only_config
 from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
+from zss_bench.modeling.segmentor import ZSSSegmentor
 from zss_bench.plugins import MethodPlugin
 
 # 32 px images, batch 4: a real run through every stage in a few seconds on 2 cores
@@ -49,10 +50,23 @@ class NaNSeg(SeenOnlySeg):
         return losses
 
 
-def make_plugin(name: str, meta_arch: str) -> MethodPlugin:
+@META_ARCH_REGISTRY.register()
+class ColourRuleSeg(ZSSSegmentor):
+    """Training-free: a fixed random 1x1 projection of the pixels' colours onto every class (no parameters
+    to train, nothing learnt from labels). Its scores are a deterministic function of the image."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg, 1)
+        self.register_buffer("weight", torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), False)
+
+    def eval_scores(self, images):
+        return torch.einsum("kc,bchw->bkhw", self.weight[: len(self.eval_class_names)], images)
+
+
+def make_plugin(name: str, meta_arch: str, **declares) -> MethodPlugin:
     def add_config(cfg):
         add_seen_only_config(cfg)
 
     plugin = MethodPlugin(name=name, add_config=add_config, config_dir=Path(__file__).parent / "method_configs",
-                          description="test-only", uses_clip=False)
+                          description="test-only", **{"uses_clip": False, **declares})
     return plugin, ["MODEL.META_ARCHITECTURE", meta_arch]

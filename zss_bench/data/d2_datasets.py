@@ -53,6 +53,7 @@ def register_protocol(protocol: Protocol, root=None) -> dict[str, str]:
             MetadataCatalog.remove(name)
         DatasetCatalog.register(name, partial(_dicts, index, split))
         common = dict(ignore_label=protocol.ignore_label, evaluator_type=EVALUATOR_TYPE, zss_protocol=protocol.name,
+                      zss_protocol_file=str(protocol.path or ""),
                       zss_protocol_version=protocol.version, zss_protocol_hash=protocol.content_hash,
                       zss_dataset_root=index["report"]["root"], zss_index_dir=index["dir"])
         if split == TRAIN_SPLIT:

@@ -68,7 +68,7 @@ class ZSSEvaluator(DatasetEvaluator):
             return None
         from zss_bench.protocol import load_protocol
 
-        protocol = load_protocol(name)
+        protocol = load_protocol(getattr(self.meta, "zss_protocol_file", "") or name)  # a user's own file too
         if protocol.content_hash != self.meta.zss_protocol_hash:
             raise ValueError(f"dataset {self.meta.name} was registered with {name} at hash "
                              f"{self.meta.zss_protocol_hash[:12]}, but that protocol now hashes {protocol.short_hash}")
