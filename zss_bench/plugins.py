@@ -22,6 +22,9 @@ from typing import Callable
 from zss_bench.registry import UnknownNameError
 
 ENTRY_POINT_GROUP = "zss_bench.methods"
+# what a plugin may declare (zss_bench.modeling.text and zss_bench.engine.data implement them)
+TEXT_CLASSIFIERS = ("none", "fixed", "learnable-no-object", "learnable-prompts")
+TRAIN_MAPPERS = ("semantic", "per-class-masks")
 
 
 class PluginError(ValueError):
@@ -56,6 +59,12 @@ class MethodPlugin:
     train_mapper: str = "semantic"  # semantic | per-class-masks (see zss_bench.engine.data.MAPPERS)
     meta_architecture: str = ""  # the META_ARCH_REGISTRY name its configs build (checked to subclass ZSSSegmentor)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key, value, options in (("text_classifier", self.text_classifier, TEXT_CLASSIFIERS),
+                                    ("train_mapper", self.train_mapper, TRAIN_MAPPERS)):
+            if value not in options:
+                raise PluginError(f"method {self.name}: {key} '{value}' is not one of {' | '.join(options)}")
 
     def config_file(self, protocol) -> Path:
         """``<protocol name>.yaml``, else ``<dataset>.yaml`` (e.g. ``synth.yaml`` for every synthetic

@@ -83,7 +83,7 @@ class PerClassMaskMapper(InductiveTrainMapper):
         return out
 
 
-MAPPERS = {"semantic": InductiveTrainMapper, "per-class-masks": PerClassMaskMapper}
+MAPPERS = {"semantic": InductiveTrainMapper, "per-class-masks": PerClassMaskMapper}  # keys: plugins.TRAIN_MAPPERS
 
 
 def build_train_mapper(cfg, kind: str = "semantic") -> InductiveTrainMapper:

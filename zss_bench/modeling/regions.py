@@ -79,10 +79,10 @@ def masked_region_crops(images: torch.Tensor, masks: torch.Tensor, size: tuple[i
     boxes = mask_boxes(masks, threshold).reshape(b * q, 4)
     batch_idx = torch.arange(b, device=images.device, dtype=images.dtype).repeat_interleave(q)
     rois = torch.cat([batch_idx[:, None], boxes.to(images.dtype)], dim=1)
-    crops = roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=False)
+    crops = roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
     mask_rois = torch.cat([torch.arange(b * q, device=images.device, dtype=images.dtype)[:, None], rois[:, 1:]], dim=1)
     crop_masks = roi_align(masks.reshape(b * q, 1, *masks.shape[-2:]).to(images.dtype), mask_rois,
-                           output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=False)
+                           output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
     fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
     keep = (crop_masks > threshold).to(images.dtype)
     return crops * keep + fill * (1 - keep)
