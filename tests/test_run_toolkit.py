@@ -128,3 +128,30 @@ def test_a_clip_method_without_a_clip_record_is_an_error(world, tmp_path):
     finally:
         unregister_method("claims-clip")
     assert not (tmp_path / "results").exists()
+
+
+def test_body_takes_inputs_that_are_not_a_multiple_of_the_training_crop():
+    """A whole-image test of a 683x512 VOC image, or a padded batch of images smaller than the crop:
+    detectron2's ASPP with a pooling kernel of crop / stride rejects them; the body pools globally."""
+    import zss_bench.detectron2_compat  # noqa: F401
+    from detectron2.config import get_cfg
+
+    from zss_bench.engine.config import add_zss_config
+    from zss_bench.methods.seen_only.config import add_seen_only_config
+    from zss_bench.modeling.body import SegmentationBody
+
+    cfg = get_cfg()
+    add_zss_config(cfg)
+    add_seen_only_config(cfg)
+    cfg.merge_from_file(str(REPO / "methods" / "_base" / "body-synth.yaml"))
+    cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE = True, "absolute", (64, 64)
+    body = SegmentationBody(cfg).eval()
+    with torch.no_grad():
+        for h, w in ((64, 64), (96, 72), (40, 56)):
+            assert body(torch.randn(1, 3, h, w)).shape[-2:] == (h // 4, w // 4)
+        from detectron2.projects.deeplab.semantic_seg import DeepLabV3PlusHead  # detectron2's own kernel rejects it
+
+        args = DeepLabV3PlusHead.from_config(cfg, body.backbone.output_shape())
+        stock = DeepLabV3PlusHead(**{**args, "num_classes": None}).eval()
+        with pytest.raises(ValueError, match="pool_kernel_size"):
+            stock(body.backbone(torch.randn(1, 3, 96, 72)))

@@ -30,6 +30,11 @@ class SegmentationBody(nn.Module):
         self.backbone = build_backbone(cfg)
         args = DeepLabV3PlusHead.from_config(cfg, self.backbone.output_shape())
         args["num_classes"] = None  # decoder only: the method decides how features become scores
+        # ASPP image pooling over the whole feature map (mmseg's), not detectron2's fixed kernel of
+        # crop / stride: that kernel rejects every input whose features are not a multiple of it (a
+        # whole-image VOC test at 683x512, a padded batch of images smaller than the crop). Identical
+        # on fixed 512 crops and windows; synth-15-5 (no crop) already pooled globally.
+        args["train_size"] = None
         self.decoder = DeepLabV3PlusHead(**args)
         self.out_channels = cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM
         self.stride = min(self.backbone.output_shape()[f].stride for f in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES)
