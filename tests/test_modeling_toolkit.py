@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
@@ -550,9 +551,8 @@ def test_per_class_mask_mapper_masks_agree_with_sem_seg(synth_world):
         n_classes += len(classes)
         saw_ignored |= bool((target == 255).any())
     assert mapper.targets_checked == len(dicts) and n_classes > len(dicts) and saw_ignored
-    same = mapper(dicts[0], np.random.default_rng([0, 0]))  # a function of (dict, rng)
-    first = mapper(dicts[0], np.random.default_rng([0, 0]))
-    assert torch.equal(same["masks"], first["masks"]) and torch.equal(same["classes"], first["classes"])
+    again = [mapper(dicts[0], np.random.default_rng([0, 0])) for _ in range(2)]  # a function of (dict, rng)
+    assert torch.equal(again[0]["masks"], again[1]["masks"]) and torch.equal(again[0]["classes"], again[1]["classes"])
 
 
 def test_per_class_mask_mapper_guards_before_anything_else(synth_world, tmp_path):
@@ -566,8 +566,6 @@ def test_per_class_mask_mapper_guards_before_anything_else(synth_world, tmp_path
     d = dict(DatasetCatalog.get(train)[0])
     leak = np.zeros((20, 20), np.uint8)  # also the wrong size: the guard must fire first
     leak[5:9, 5:9] = mapper.num_seen  # the first id past the seen classes
-    from PIL import Image
-
     Image.fromarray(leak).save(tmp_path / "leak.png")
     with pytest.raises(LeakageError, match=rf"ids \[{mapper.num_seen}\] outside the {mapper.num_seen} seen classes"):
         mapper({**d, "sem_seg_file_name": str(tmp_path / "leak.png")}, np.random.default_rng(0))
@@ -635,3 +633,10 @@ def test_csh_pool_must_be_positive(clip):
     with pytest.raises(ValueError, match="pooling factor must be >= 1, got 0"):
         CLIPSemanticHead(16, vit, num_blocks=1, pool=0)
     assert CLIPSemanticHead(16, vit, num_blocks=1, pool=3, detail=False).detail is None
+
+
+def test_slide_stride_larger_than_the_crop_is_an_error():
+    from zss_bench.modeling.inference import slide_windows
+
+    with pytest.raises(ValueError, match="SLIDE_STRIDE 40 must be in 1..SLIDE_CROP"):
+        slide_windows(100, 100, 30, 40)

@@ -18,6 +18,9 @@ def whole_inference(score_fn: ScoreFn, images: torch.Tensor) -> torch.Tensor:
 
 def slide_windows(h: int, w: int, crop: int, stride: int) -> list[tuple[int, int]]:
     """Top-left corners of the windows covering an h x w image (the last row/column flush with the edge)."""
+    if not 0 < stride <= crop:
+        raise ValueError(f"ZSS.EVAL.SLIDE_STRIDE {stride} must be in 1..SLIDE_CROP ({crop}): larger strides leave "
+                         "pixels no window covers")
     ys = list(range(0, max(h - crop, 0) + 1, stride))
     xs = list(range(0, max(w - crop, 0) + 1, stride))
     if ys[-1] + crop < h:
