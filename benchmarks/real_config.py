@@ -27,8 +27,7 @@ folder is written to a temporary directory, prepared with ``prepare_dataset`` (i
 Memory: ``peak_rss_mb`` is VmHWM of /proc/self/status after resetting it (``echo 5 >
 /proc/self/clear_refs``) just before the warm-up, i.e. the peak of the warm-up + timed part
 (``peak_rss_reset`` says whether the reset was allowed; if not, it is the whole-process peak);
-``process_peak_rss_mb`` is getrusage's ru_maxrss (the whole process, model build included);
-``rss_before_mb`` is the resident memory when the measured part started. Times are wall
+``process_peak_rss_mb`` is getrusage's ru_maxrss (the whole process, model build included). Times are wall
 seconds (median over N). Nothing here asserts anything about speed.
 """
 from __future__ import annotations
@@ -46,39 +45,6 @@ from pathlib import Path
 
 PROTOCOL = "voc-15-5"
 CLIP = "ViT-B-16:random"
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _mb(kb: int | None) -> float | None:
-    return None if kb is None else round(kb / 1024, 1)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_tiny_voc(root: Path, size: int) -> Path:
@@ -119,12 +85,11 @@ def _size_opts(size: int) -> list[str]:
 
 
 def _windows(cfg, size: int) -> int:
+    from zss_bench.modeling.inference import slide_windows
+
     if cfg.ZSS.EVAL.MODE != "slide":
         return 1
-    crop, stride = cfg.ZSS.EVAL.SLIDE_CROP, cfg.ZSS.EVAL.SLIDE_STRIDE
-    n = len(range(0, max(size - crop, 0) + 1, stride))
-    n += int((n - 1) * stride + crop < size)
-    return n * n
+    return len(slide_windows(size, size, cfg.ZSS.EVAL.SLIDE_CROP, cfg.ZSS.EVAL.SLIDE_STRIDE))
 
 
 def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int = 1, opts: list[str] | None = None,
@@ -142,6 +107,8 @@ def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int 
     from zss_bench.engine.trainer import ZSSTrainer
     from zss_bench.plugins import get_method
     from zss_bench.protocol import load_protocol
+    from zss_bench.records.efficiency import PeakMemory, parameter_counts
+    from zss_bench.records.provenance import cpu_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -160,8 +127,6 @@ def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int 
         torch.manual_seed(0)
         model = build_model(cfg)
         build_s = time.perf_counter() - started
-        params = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         gen = torch.Generator().manual_seed(0)
 
         def image():
@@ -213,17 +178,14 @@ def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int 
             raise ValueError(f"--mode must be eval or train, got {mode!r}")
 
         load_before = os.getloadavg()[0]
-        rss_before = _status_kb("VmRSS")
-        reset = _reset_peak_rss()
-        last = None
-        for i in range(warmup):
-            last = step(i)
-        times = []
-        for i in range(warmup, warmup + n):
-            t0 = time.perf_counter()
-            last = step(i)
-            times.append(time.perf_counter() - t0)
-        peak = _status_kb("VmHWM")
+        last, times = None, []
+        with PeakMemory("cpu") as peak:  # the run's own evaluation-memory meter (records.efficiency)
+            for i in range(warmup):
+                last = step(i)
+            for i in range(warmup, warmup + n):
+                t0 = time.perf_counter()
+                last = step(i)
+                times.append(time.perf_counter() - t0)
         if mode == "train":
             extra["final_total_loss"] = last
             storage.__exit__(None, None, None)
@@ -236,16 +198,16 @@ def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int 
             "size": size, "n": n, "warmup": warmup,
             f"seconds_per_{unit}": round(median, 3), "seconds": [round(t, 3) for t in times],
             "build_seconds": round(build_s, 1),
-            "peak_rss_mb": _mb(peak), "peak_rss_reset": reset, "rss_before_mb": _mb(rss_before),
+            "peak_rss_mb": round(peak.peak_mb, 1), "peak_rss_reset": peak.scope == "block",
             "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "params_total": params, "params_trainable": trainable,
+            **parameter_counts(model),
             "batch": cfg.SOLVER.IMS_PER_BATCH if mode == "train" else 1,
             "config": {"meta_architecture": cfg.MODEL.META_ARCHITECTURE, "resnet_depth": cfg.MODEL.RESNETS.DEPTH,
                        "crop": list(cfg.INPUT.CROP.SIZE), "eval_mode": cfg.ZSS.EVAL.MODE,
                        "slide_crop": cfg.ZSS.EVAL.SLIDE_CROP, "slide_stride": cfg.ZSS.EVAL.SLIDE_STRIDE,
                        "config_file": Path(cfg.ZSS.CONFIG_FILE).name, "opts": all_opts},
             **extra,
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
             # other work on the machine inflates the times: the 1-minute load around the measured part
             "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "torch": torch.__version__, "python": platform.python_version(),
@@ -277,7 +239,7 @@ def main(argv=None) -> int:
         unit = "window" if args.mode == "eval" else "step"
         print(f"{res['method']} {res['mode']} @ {res['size']}px: {res[f'seconds_per_{unit}']:.2f} s/{unit} "
               f"(median of {res['n']}: {res['seconds']}), peak RSS {res['peak_rss_mb']} MB "
-              f"(process {res['process_peak_rss_mb']} MB, before {res['rss_before_mb']} MB), "
+              f"(process {res['process_peak_rss_mb']} MB), "
               f"{res['params_total'] / 1e6:.1f} M params ({res['params_trainable'] / 1e6:.1f} M trainable), "
               f"build {res['build_seconds']} s, {res['torch_threads']} threads, {res['cpu_model']}")
     return 0

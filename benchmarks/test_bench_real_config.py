@@ -34,7 +34,7 @@ TIMEOUT = float(os.environ.get("ZSS_BENCH_REAL_TIMEOUT", "3600"))
 PROTOCOL = "voc-15-5"
 
 COMMON_KEYS = ("method", "mode", "size", "n", "seconds", "build_seconds", "peak_rss_mb", "peak_rss_reset",
-               "rss_before_mb", "process_peak_rss_mb", "params_total", "params_trainable", "torch_threads",
+               "process_peak_rss_mb", "params_total", "params_trainable", "torch_threads",
                "cpu_model", "config")
 
 
@@ -86,12 +86,11 @@ def test_real_config(benchmark, method, mode):
     assert not missing, f"report lacks {missing}: {res}"
     assert res["method"] == method and res["mode"] == mode and res["size"] == SIZE
     assert len(res["seconds"]) == N and all(_positive(t) for t in res["seconds"])
-    for key in (f"seconds_per_{unit}", "peak_rss_mb", "rss_before_mb", "process_peak_rss_mb", "params_total",
+    for key in (f"seconds_per_{unit}", "peak_rss_mb", "process_peak_rss_mb", "params_total",
                 "torch_threads"):
         assert _positive(res[key]), f"{key} = {res[key]!r}"
-    assert res["peak_rss_mb"] >= res["rss_before_mb"] * 0.99  # a peak is at least the level it started from
     assert res["process_peak_rss_mb"] >= res["peak_rss_mb"] * 0.99
-    assert 0 < res["params_trainable"] <= res["params_total"]
+    assert 0 <= res["params_trainable"] <= res["params_total"]
     # the real configuration, not a shrunk one
     cfg = res["config"]
     assert cfg["config_file"] == "default.yaml" and cfg["resnet_depth"] == 101
