@@ -170,6 +170,7 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
     trains = plugin.trains and not req.eval_only
     if trains:
         trainer = ZSSTrainer(cfg, mapper=plugin.train_mapper)
+        _check_model(plugin, trainer.bare_model)  # before any training is spent on it
         trainer.resume_or_load(resume=req.resume)
         resumed_from = trainer.start_iter
         try:
@@ -179,10 +180,10 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         model, storage, mapper = trainer.bare_model, trainer.storage, trainer.mapper
     else:  # detectron2's own evaluation path: build the model, load weights, evaluate; no optimizer, no loader
         model = ZSSTrainer.build_model(cfg)
+        _check_model(plugin, model)
         resumed_from = _load_for_evaluation(model, cfg) if plugin.trains else 0
         storage = mapper = None
     train_time = time.time() - started
-    _check_model(plugin, model)
     leakage = _leakage_guard(protocol, audit, cfg, mapper)
     cm, evaluation = _evaluate(cfg, model, protocol)
     if not comm.is_main_process():
