@@ -178,11 +178,12 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         except KeyboardInterrupt:
             raise RunInterrupted(int(getattr(trainer, "iter", resumed_from)), output_dir) from None
         model, storage, mapper = trainer.bare_model, trainer.storage, trainer.mapper
+        step_seconds = getattr(trainer, "step_seconds", None)
     else:  # detectron2's own evaluation path: build the model, load weights, evaluate; no optimizer, no loader
         model = ZSSTrainer.build_model(cfg)
         _check_model(plugin, model)
         resumed_from = _load_for_evaluation(model, cfg) if plugin.trains else 0
-        storage = mapper = None
+        storage = mapper = step_seconds = None
     train_time = time.time() - started
     leakage = _leakage_guard(protocol, audit, cfg, mapper)
     cm, evaluation = _evaluate(cfg, model, protocol)
@@ -213,7 +214,7 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         "leakage": leakage,
         "dataset": {"root": portable_path(root), "train_images": _train_size(cfg)},
         "metrics": score(cm, protocol, n_boot=cfg.ZSS.N_BOOT, seed=cfg.SEED),
-        "efficiency": efficiency_block(model, evaluation, storage, output_dir, cfg.MODEL.DEVICE),
+        "efficiency": efficiency_block(model, evaluation, step_seconds, output_dir, cfg.MODEL.DEVICE),
         "provenance": collect_provenance(seed=cfg.SEED, started=_iso(started), duration_s=round(time.time() - started, 1),
                                          world_size=comm.get_world_size(), device=cfg.MODEL.DEVICE),
     }

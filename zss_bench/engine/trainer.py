@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import weakref
 
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
@@ -40,6 +41,20 @@ class _SeedEachStep(hooks.HookBase):
 
     def before_step(self):
         torch.manual_seed(self.seed * 1_000_003 + self.trainer.iter)
+
+
+class _StepClock(hooks.HookBase):
+    """Wall seconds of every training step (``trainer.step_seconds``), for the record's efficiency block
+    (detectron2's IterationTimer skips its first steps, so a short run would report none)."""
+
+    def before_train(self):
+        self.trainer.step_seconds = []
+
+    def before_step(self):
+        self._started = time.perf_counter()
+
+    def after_step(self):
+        self.trainer.step_seconds.append(time.perf_counter() - self._started)
 
 
 class _StopAtSafePoint(hooks.HookBase):
@@ -162,7 +177,7 @@ class ZSSTrainer(DefaultTrainer):
             self._trainer._data_loader_iter = iter(loader)
 
     def build_hooks(self):
-        ret = [hooks.IterationTimer(), _SeedEachStep(self.cfg.SEED), hooks.LRScheduler()]
+        ret = [_StepClock(), hooks.IterationTimer(), _SeedEachStep(self.cfg.SEED), hooks.LRScheduler()]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
             writers = [CommonMetricPrinter(self.max_iter), JSONWriter(f"{self.cfg.OUTPUT_DIR}/metrics.json")]

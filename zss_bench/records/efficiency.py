@@ -77,15 +77,16 @@ def parameter_counts(model) -> dict:
     return {"params_total": total, "params_trainable": trainable}
 
 
-def train_step_seconds(storage) -> float | None:
-    """Median seconds per training step (detectron2's IterationTimer ``time``), None if none ran."""
-    if storage is None or "time" not in storage.histories():
+def train_step_seconds(step_seconds: list[float] | None) -> float | None:
+    """Median wall seconds per training step of this run, the first (one-off set-up) left out when
+    there are others; None if no step ran (training-free, --eval-only, a resumed finished run)."""
+    if not step_seconds:
         return None
-    values = [v for v, _ in storage.history("time").values()]
-    return round(statistics.median(values), 4) if values else None
+    values = step_seconds[1:] if len(step_seconds) > 1 else step_seconds
+    return round(statistics.median(values), 4)
 
 
-def efficiency_block(model, evaluation: dict, storage, output_dir: str, device: str) -> dict:
+def efficiency_block(model, evaluation: dict, step_seconds, output_dir: str, device: str) -> dict:
     from zss_bench.records.provenance import device_info, machine_summary
 
     images, seconds = evaluation["images"], evaluation["seconds"]
@@ -96,7 +97,7 @@ def efficiency_block(model, evaluation: dict, storage, output_dir: str, device: 
         "eval_seconds": round(seconds, 3),
         "test_images_per_s": round(images / seconds, 3) if seconds > 0 else None,
         **{k: v for k, v in evaluation.items() if k.startswith("peak_memory")},
-        "train_step_s": train_step_seconds(storage),
+        "train_step_s": train_step_seconds(step_seconds),
         "checkpoint_mb": round(final.stat().st_size / MB, 2) if final.is_file() else None,
         "machine": machine_summary(device_info(device)),
     }
