@@ -155,3 +155,45 @@ def test_body_takes_inputs_that_are_not_a_multiple_of_the_training_crop():
         stock = DeepLabV3PlusHead(**{**args, "num_classes": None}).eval()
         with pytest.raises(ValueError, match="pool_kernel_size"):
             stock(body.backbone(torch.randn(1, 3, 96, 72)))
+
+
+def test_chimera_resumed_from_a_slim_checkpoint_equals_the_uninterrupted_run(world, tmp_path):
+    """Periodic checkpoints hold the trained weights and optimizer state but no frozen CLIP; resuming from
+    one rebuilds the CLIP from the spec and finishes with the same confusion matrix as an uninterrupted run."""
+    common = dict(method="chimera", protocol="synth-15-5", data_root=str(world), clip=MICRO,
+                  results_root=str(tmp_path / "results"), output_dir=str(tmp_path / "out"), opts=tiny(4, 2))
+    full = run_method(RunRequest(**common))
+    out = tmp_path / "out"
+    mid = torch.load(out / "model_0000001.pth", map_location="cpu", weights_only=False)
+    assert "_trainer" in mid["trainer"] and not [k for k in mid["model"] if k.startswith("teacher.")]
+    (out / "model_final.pth").unlink()
+    (out / "model_0000003.pth").unlink(missing_ok=True)
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    resumed = run_method(RunRequest(**common, resume=True))
+    assert load_run(resumed).record["training"]["resumed_from_iter"] == 2
+    assert ConfusionMatrix.load(resumed / "confusion.npz").matrix.tolist() == \
+        ConfusionMatrix.load(full / "confusion.npz").matrix.tolist()
+
+
+def test_a_checkpoint_trained_on_other_clip_weights_is_refused(world, tmp_path):
+    import zss_bench.detectron2_compat  # noqa: F401
+    from detectron2.modeling import build_model
+
+    from zss_bench.data.d2_datasets import register_protocol
+    from zss_bench.data.prepare import prepare_dataset
+    from zss_bench.engine.config import build_run_config
+    from zss_bench.plugins import get_method
+    from zss_bench.protocol import load_protocol
+
+    protocol = load_protocol("synth-15-5")
+    prepare_dataset("synth", world, protocol, progress=False)
+    register_protocol(protocol, world)
+    cfg = build_run_config(get_method("chimera"), protocol, seed=0, output_dir=str(tmp_path), data_root=str(world),
+                           clip=MICRO, opts=tiny(1))
+    model = build_model(cfg)
+    state = model.state_dict()
+    assert not [k for k in state if k.startswith(("teacher.", "head.blocks."))]
+    model.load_state_dict(state)  # its own slim checkpoint loads (frozen parts kept from the build)
+    state["clip_weights_sha256"] = torch.zeros_like(state["clip_weights_sha256"])
+    with pytest.raises(ValueError, match="checkpoint was trained on CLIP weights 000000000000, but this model was built on"):
+        model.load_state_dict(state)
