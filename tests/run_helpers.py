@@ -18,6 +18,23 @@ TINY = ["INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.MAX_SIZE_TRAIN", "32", "INPUT.MI
         "INPUT.MAX_SIZE_TEST", "32", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "2", "ZSS.N_BOOT", "50"]
 
 
+def synth_world(root: Path, *, seed: int, n_train: int, n_val: int) -> Path:
+    """A generated 32 px synth world at ``root``, prepared for synth-15-5."""
+    from zss_bench.data.synth import generate_world
+
+    generate_world(root, seed=seed, size=32, n_train=n_train, n_val=n_val, progress=False)
+    return prepare_synth(root)
+
+
+def prepare_synth(root: Path) -> Path:
+    """(Re-)prepare ``root`` for synth-15-5 into the current cache (each test has its own cache)."""
+    from zss_bench.data.prepare import prepare_dataset
+    from zss_bench.protocol import load_protocol
+
+    prepare_dataset("synth", root, load_protocol("synth-15-5"), progress=False)
+    return root
+
+
 def tiny(max_iter: int, checkpoint_period: int = 1000, *extra: str) -> list[str]:
     return [*TINY, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period), *extra]
 

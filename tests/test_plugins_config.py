@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from run_helpers import prepare_synth, synth_world
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,23 +38,12 @@ def _my_synth(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
-    from zss_bench.data.prepare import prepare_dataset
-    from zss_bench.data.synth import generate_world
-    from zss_bench.protocol import load_protocol
-
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root, seed=2, size=32, n_train=8, n_val=4, progress=False)
-    prepare_dataset("synth", root, load_protocol("synth-15-5"), progress=False)
-    return root
+    return synth_world(tmp_path_factory.mktemp("world"), seed=2, n_train=8, n_val=4)
 
 
 @pytest.fixture
 def prepared(small_world, isolated_cache):
-    from zss_bench.data.prepare import prepare_dataset
-    from zss_bench.protocol import load_protocol
-
-    prepare_dataset("synth", small_world, load_protocol("synth-15-5"), progress=False)
-    return small_world
+    return prepare_synth(small_world)
 
 
 # --- which method config file ------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from run_helpers import make_plugin, tiny
+from run_helpers import make_plugin, prepare_synth, synth_world, tiny
 from zss_bench.engine.run import RunRequest, run_method
 from zss_bench.metrics import ConfusionMatrix
 from zss_bench.records import load_run
@@ -21,24 +21,13 @@ from zss_bench.records import load_run
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory):
-    from zss_bench.data.prepare import prepare_dataset
-    from zss_bench.data.synth import generate_world
-    from zss_bench.protocol import load_protocol
-
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root, seed=1, size=32, n_train=48, n_val=16, progress=False)
     os.environ.setdefault("ZSS_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    prepare_dataset("synth", root, load_protocol("synth-15-5"), progress=False)
-    return root
+    return synth_world(tmp_path_factory.mktemp("world"), seed=1, n_train=48, n_val=16)
 
 
 @pytest.fixture
 def prepared(small_world, isolated_cache):
-    from zss_bench.data.prepare import prepare_dataset
-    from zss_bench.protocol import load_protocol
-
-    prepare_dataset("synth", small_world, load_protocol("synth-15-5"), progress=False)
-    return small_world
+    return prepare_synth(small_world)
 
 
 def _request(world, tmp_path, **kw) -> RunRequest:
