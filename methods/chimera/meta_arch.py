@@ -73,9 +73,6 @@ class ChimeraSeg(ZSSSegmentor):
         self.text.set_classes(class_names)  # unseen names reach the text encoder only now
 
     # --- shared forward -----------------------------------------------------------------------
-    def _rgb255(self, images: torch.Tensor) -> torch.Tensor:
-        return images * self.pixel_std + self.pixel_mean  # undo the body's normalisation
-
     def _teacher_needs(self) -> tuple[str, ...]:
         """The teacher outputs this configuration uses now: training needs the CLS (SGD) and the entry
         tokens (token statistics, class token, entry alignment); evaluation only the entry class token
@@ -89,7 +86,7 @@ class ChimeraSeg(ZSSSegmentor):
     def _dense(self, images: torch.Tensor):
         features = self.body(images)
         need = self._teacher_needs()
-        teacher = self.teacher.encode(self._rgb255(images), need) if need else {}
+        teacher = self.teacher.encode(self.rgb255(images), need) if need else {}
         if isinstance(self.head, CLIPSemanticHead) and self.training:
             self.head.update_stats(teacher["entry"])
         z, tokens, grid = self.head(features, teacher.get("entry"))
@@ -132,7 +129,7 @@ class ChimeraSeg(ZSSSegmentor):
         c = self.cfg_c.SGD
         grid = tuple(z.shape[-2:])
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + current_iteration())
-        rgb = self._rgb255(images)
+        rgb = self.rgb255(images)
         total = z.new_zeros(())
         for _ in range(c.CROPS):
             boxes = crop_boxes(z.shape[0], grid, tuple(c.CROP_SCALE), gen)

@@ -26,8 +26,12 @@ CLIP_HASH_KEY = "clip_weights_sha256"
 
 
 class ZSSSegmentor(nn.Module):
-    """Base class. Subclasses implement ``train_losses(images, targets) -> dict`` and
-    ``eval_scores(images) -> (B, K, h, w)`` over the classes given to ``set_eval_classes``."""
+    """Base class. Subclasses implement ``train_losses(images, targets, **inputs) -> dict`` and
+    ``eval_scores(images) -> (B, K, h, w)`` over the classes given to ``set_eval_classes``.
+    ``train_inputs`` names extra per-image fields of the training mapper's output that
+    ``train_losses`` receives as lists (e.g. ``("masks", "classes")`` from the per-class-mask mapper)."""
+
+    train_inputs: tuple[str, ...] = ()
 
     def __init__(self, cfg, size_divisibility: int):
         super().__init__()
@@ -44,6 +48,10 @@ class ZSSSegmentor(nn.Module):
     @property
     def device(self):
         return self.pixel_mean.device
+
+    def rgb255(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised body input -> RGB in 0..255 (what the CLIP teacher's own preprocessing takes)."""
+        return images * self.pixel_std + self.pixel_mean
 
     # --- CLIP bookkeeping --------------------------------------------------------------------
     def use_clip(self, clip) -> None:
@@ -109,7 +117,8 @@ class ZSSSegmentor(nn.Module):
         if self.training:
             targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
             targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor
-            return self.train_losses(images.tensor, targets.long())
+            extra = {key: [x[key] for x in batched_inputs] for key in self.train_inputs}
+            return self.train_losses(images.tensor, targets.long(), **extra)
         if self.eval_class_names is None:
             raise RuntimeError("set_eval_classes() must be called before inference")
         scores = self._infer(images.tensor)
