@@ -45,6 +45,7 @@ from pathlib import Path
 
 PROTOCOL = "voc-15-5"
 CLIP = "ViT-B-16:random"
+SYNTH = "synth-15-5"  # --protocol synth-15-5: the synth configuration (configs/synth.yaml, the shipped toy CLIP, 64 px)
 
 
 def write_tiny_voc(root: Path, size: int) -> Path:
@@ -92,8 +93,15 @@ def _windows(cfg, size: int) -> int:
     return len(slide_windows(size, size, cfg.ZSS.EVAL.SLIDE_CROP, cfg.ZSS.EVAL.SLIDE_STRIDE))
 
 
+def _synth_world(root: Path, size: int) -> Path:
+    from zss_bench.data.synth import generate_world
+
+    generate_world(root, seed=0, size=size, n_train=4, n_val=2, progress=False)
+    return root
+
+
 def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int = 1, opts: list[str] | None = None,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, protocol_name: str = PROTOCOL) -> dict:
     work = Path(tempfile.mkdtemp(prefix="zss-real-config-"))
     os.environ["ZSS_BENCH_CACHE"] = str(work / "cache")  # prepared views + text embeddings: never ~/.cache
     import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
@@ -114,15 +122,16 @@ def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int 
         torch.set_num_threads(threads)
     try:
         started = time.perf_counter()
-        protocol = load_protocol(PROTOCOL)
+        protocol = load_protocol(protocol_name)
+        synth = protocol.dataset == "synth"
         plugin = get_method(method)
         base = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
                 "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
-        all_opts = [*base, *_size_opts(size), *(opts or [])]
-        data_root = write_tiny_voc(work / "data", size)
-        prepare_dataset("voc", data_root, protocol, progress=False, workers=1)
+        all_opts = [*base, *([] if synth else _size_opts(size)), *(opts or [])]
+        data_root = _synth_world(work / "data", size) if synth else write_tiny_voc(work / "data", size)
+        prepare_dataset(protocol.dataset, data_root, protocol, progress=False, workers=1)
         cfg = build_run_config(plugin, protocol, seed=0, output_dir=str(work / "out"), data_root=str(data_root),
-                               clip=CLIP if plugin.uses_clip else "", opts=all_opts)
+                               clip=CLIP if plugin.uses_clip and not synth else "", opts=all_opts)
         register_protocol(protocol, data_root)
         torch.manual_seed(0)
         model = build_model(cfg)
@@ -194,7 +203,8 @@ def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int 
         if mode == "eval" and extra["windows_per_image"] > 1:
             median /= extra["windows_per_image"]
         return {
-            "method": method, "mode": mode, "protocol": PROTOCOL, "clip": cfg.ZSS.CLIP if plugin.uses_clip else None,
+            "method": method, "mode": mode, "protocol": protocol.name,
+            "clip": (cfg.ZSS.CLIP or "protocol default") if plugin.uses_clip else None,
             "size": size, "n": n, "warmup": warmup,
             f"seconds_per_{unit}": round(median, 3), "seconds": [round(t, 3) for t in times],
             "build_seconds": round(build_s, 1),
@@ -222,17 +232,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--method", required=True, help="method plugin (zss-bench methods)")
     ap.add_argument("--mode", required=True, choices=("eval", "train"))
-    ap.add_argument("--size", type=int, default=512, help="image side (default 512: the real crop / slide window)")
+    ap.add_argument("--size", type=int, default=None, help="image side (default 512: the real crop / slide window; "
+                    "64 for synth-15-5)")
+    ap.add_argument("--protocol", default=PROTOCOL, choices=(PROTOCOL, SYNTH),
+                    help="voc-15-5: the real configuration (default); synth-15-5: the synth one")
     ap.add_argument("-n", "--n", type=int, default=2, help="timed forwards / steps (default 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed forwards / steps first (default 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="extra config overrides")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     args = ap.parse_args(argv)
+    args.size = args.size or (64 if args.protocol == SYNTH else 512)
     if args.n < 1 or args.size < 32:
         ap.error("--n must be >= 1 and --size >= 32")
     res = measure(args.method, args.mode, size=args.size, n=args.n, warmup=args.warmup, opts=args.opts,
-                  threads=args.threads)
+                  threads=args.threads, protocol_name=args.protocol)
     if args.json:
         print(json.dumps(res))
     else:

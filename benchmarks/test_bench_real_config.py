@@ -59,8 +59,10 @@ def _cases() -> list:
     return cases
 
 
-def _run_script(method: str, mode: str) -> dict:
-    cmd = [sys.executable, str(SCRIPT), "--method", method, "--mode", mode, "--size", str(SIZE), "--n", str(N), "--json"]
+def _run_script(method: str, mode: str, *extra: str) -> dict:
+    """One measurement of ``benchmarks/real_config.py`` in its own process (its JSON report)."""
+    cmd = [sys.executable, str(SCRIPT), "--method", method, "--mode", mode, "--n", str(N), "--json",
+           *(extra or ("--size", str(SIZE)))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
