@@ -68,7 +68,7 @@ def _overrides() -> list[str]:
     return opts
 
 
-@pytest.mark.parametrize("method", ["chimera", "seen-only"])
+@pytest.mark.parametrize("method", ["chimera", "seen-only", "zegformer"])
 def test_real_config_end_to_end(method, voc_root, tmp_path, capsys, record_property):
     from zss_bench.plugins import get_method
 
