@@ -245,7 +245,7 @@ def test_image_prior_adds_clips_image_level_log_probabilities(tmp_path, world):
         base = model.eval_scores(images)
         model.image_prior = 0.5
         fused = model.eval_scores(images)
-        cls = model.teacher(model._rgb255(images))["cls"]
+        cls = model.teacher(model.rgb255(images))["cls"]
     expected = 0.5 * F.log_softmax(model.logit_scale * F.normalize(cls, dim=-1) @ model.text.embeddings.t(), dim=1)
     shift = fused - F.log_softmax(base, dim=1)  # the same per-image class offset at every pixel
     assert torch.allclose(shift, expected[:, :, None, None].expand_as(shift), atol=1e-4)

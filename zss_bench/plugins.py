@@ -94,6 +94,18 @@ def lazy_add_config(package: str, config_fn: str) -> Callable:
     return add_config
 
 
+def lazy_model(package: str, class_name: str) -> Callable:
+    """A plugin package's module ``__getattr__`` that imports ``<package>.meta_arch`` for ``class_name`` on
+    first use (``from zss_bench.methods.chimera import ChimeraSeg``), keeping the package import torch-free."""
+
+    def __getattr__(name: str):
+        if name == class_name:
+            return getattr(importlib.import_module(f"{package}.meta_arch"), class_name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 _RUNTIME: dict[str, MethodPlugin] = {}
 
 

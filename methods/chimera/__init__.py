@@ -4,19 +4,13 @@ project-style package. ``add_chimera_config`` adds its keys and registers ``Chim
 loads neither torch nor detectron2, so listing methods (``zss-bench methods``) stays fast."""
 from pathlib import Path
 
-from zss_bench.plugins import MethodPlugin, lazy_add_config
+from zss_bench.plugins import MethodPlugin, lazy_add_config, lazy_model
 
 
 add_chimera_config = lazy_add_config(__name__, "add_chimera_config")
 
 
-def __getattr__(name: str):  # the model class, imported on first use
-    if name == "ChimeraSeg":
-        from .meta_arch import ChimeraSeg
-
-        return ChimeraSeg
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_model(__name__, "ChimeraSeg")  # the model class, imported on first use
 
 METHOD = MethodPlugin(
     name="chimera",

@@ -5,7 +5,7 @@ folder says which choices come from the abstract and which are our reading of it
 """
 from detectron2.config import CfgNode as CN
 
-from zss_bench.engine.config import declare_choices
+from zss_bench.engine.config import declare_method_choices
 from zss_bench.modeling.body import add_body_config
 
 _CHOICES = {"PROMPTS": ("", "single", "ensemble"), "CSH.TOKEN_NORM": ("teacher_stats", "layernorm", "none"),
@@ -15,8 +15,7 @@ _CHOICES = {"PROMPTS": ("", "single", "ensemble"), "CSH.TOKEN_NORM": ("teacher_s
 
 def add_chimera_config(cfg) -> None:
     add_body_config(cfg)
-    for key, options in _CHOICES.items():
-        declare_choices(f"MODEL.CHIMERA.{key}", options)
+    declare_method_choices("MODEL.CHIMERA", _CHOICES)
     c = cfg.MODEL.CHIMERA = CN()
     c.PROMPTS = ""  # "" = the protocol's default prompt kind; or "single" | "ensemble"
     c.LOGIT_TEMPERATURE = 0.07  # cosine logits are divided by this (SAM and inference)

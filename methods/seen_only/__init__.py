@@ -7,19 +7,13 @@ neither torch nor detectron2; ``add_seen_only_config`` imports and registers the
 """
 from pathlib import Path
 
-from zss_bench.plugins import MethodPlugin, lazy_add_config
+from zss_bench.plugins import MethodPlugin, lazy_add_config, lazy_model
 
 
 add_seen_only_config = lazy_add_config(__name__, "add_seen_only_config")
 
 
-def __getattr__(name: str):  # the model class, imported on first use
-    if name == "SeenOnlySeg":
-        from .meta_arch import SeenOnlySeg
-
-        return SeenOnlySeg
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_model(__name__, "SeenOnlySeg")  # the model class, imported on first use
 
 METHOD = MethodPlugin(
     name="seen-only",

@@ -6,18 +6,12 @@ classified by the frozen CLIP image encoder and the two are ensembled geometrica
 package loads neither torch nor detectron2."""
 from pathlib import Path
 
-from zss_bench.plugins import MethodPlugin, lazy_add_config
+from zss_bench.plugins import MethodPlugin, lazy_add_config, lazy_model
 
 add_zegformer_config = lazy_add_config(__name__, "add_zegformer_config")
 
 
-def __getattr__(name: str):  # the model class, imported on first use
-    if name == "ZegFormerSeg":
-        from .meta_arch import ZegFormerSeg
-
-        return ZegFormerSeg
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_model(__name__, "ZegFormerSeg")  # the model class, imported on first use
 
 METHOD = MethodPlugin(
     name="zegformer",

@@ -2,7 +2,7 @@
 configs where they exist; see README.md for which are theirs and which are ours)."""
 from detectron2.config import CfgNode as CN
 
-from zss_bench.engine.config import declare_choices
+from zss_bench.engine.config import declare_method_choices
 from zss_bench.modeling.body import add_body_config
 
 _CHOICES = {"PROMPTS": ("", "single", "ensemble"), "MASK_LOSS": ("bce", "focal"),
@@ -11,8 +11,7 @@ _CHOICES = {"PROMPTS": ("", "single", "ensemble"), "MASK_LOSS": ("bce", "focal")
 
 def add_zegformer_config(cfg) -> None:
     add_body_config(cfg)
-    for key, options in _CHOICES.items():
-        declare_choices(f"MODEL.ZEGFORMER.{key}", options)
+    declare_method_choices("MODEL.ZEGFORMER", _CHOICES)
     z = cfg.MODEL.ZEGFORMER = CN()
     z.PROMPTS = ""  # "" = the protocol's default prompt kind; or "single" | "ensemble"
     z.NUM_QUERIES = 100  # class-agnostic segment queries (ZegFormer: 100)

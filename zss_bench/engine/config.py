@@ -23,6 +23,12 @@ def declare_choices(key: str, options) -> None:
     _CHOICES[key] = tuple(options)
 
 
+def declare_method_choices(prefix: str, choices: dict) -> None:
+    """:func:`declare_choices` for each ``{KEY: options}`` of a method's ``prefix`` (``MODEL.CHIMERA``)."""
+    for key, options in choices.items():
+        declare_choices(f"{prefix}.{key}", options)
+
+
 def _check_choices(cfg) -> None:
     from zss_bench.registry import suggest
 
