@@ -68,38 +68,61 @@ def _overrides() -> list[str]:
     return opts
 
 
-@pytest.mark.parametrize("method", ["chimera", "seen-only", "zegformer"])
-def test_real_config_end_to_end(method, voc_root, tmp_path, capsys, record_property):
-    from zss_bench.plugins import get_method
+TRAINED = ["chimera", "seen-only", "zegformer", "spnet", "clip-zss", "zegclip"]
 
-    plugin = get_method(method)
+
+def _run_real(method: str, voc_root: Path, tmp_path: Path, capsys, *flags: str):
+    """``zss-bench run`` of ``method`` on voc-15-5 in its own process -> (record, wall seconds, work dir)."""
     rc, out, err = run_cli(capsys, "prepare", "voc", "--root", str(voc_root))
     assert rc == 0, err
-
     results, work = tmp_path / "results", tmp_path / "work"
     cmd = [sys.executable, "-m", "zss_bench.cli", "run", "--method", method, "--protocol", "voc-15-5", "--clip", CLIP,
-           "--data-root", str(voc_root), "--results", str(results), "--work-dir", str(work), *_overrides()]
+           "--data-root", str(voc_root), "--results", str(results), "--work-dir", str(work), *flags, *_overrides()]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr[-6000:]
     run_dir = Path([ln for ln in proc.stdout.splitlines() if ln.startswith("record: ")][-1].split("record: ", 1)[1])
-    rec = load_run(run_dir).record
+    return load_run(run_dir).record, wall, work
 
-    # the configuration that ran is the real one
+
+def _check_real_config(rec: dict) -> None:
     cfg = rec["method"]["config"]
     assert Path(cfg["ZSS"]["CONFIG_FILE"]).name == "default.yaml"
-    assert cfg["MODEL"]["RESNETS"]["DEPTH"] == 101 and cfg["MODEL"]["RESNETS"]["STEM_TYPE"] == "deeplab"
     assert list(cfg["INPUT"]["CROP"]["SIZE"]) == [SIZE, SIZE] and cfg["ZSS"]["EVAL"]["SLIDE_CROP"] == SIZE
+    assert rec["leakage"]["unseen_names_before_eval"] == []
+    for key in ("hIoU", "mIoU_seen", "mIoU_unseen", "mIoU"):
+        value = rec["metrics"].get(key)
+        assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
+
+
+def test_maskclip_real_config_evaluates_without_training(voc_root, tmp_path, capsys):
+    """MaskCLIP on ViT-B/16 at 512 windows (32x32 tokens, interpolated positions): nothing trains."""
+    rec, wall, work = _run_real("maskclip", voc_root, tmp_path, capsys)
+    _check_real_config(rec)
+    assert rec["training"]["performed"] is False and rec["training"]["optimizer_built"] is False
+    assert rec["clip"]["name"] == "ViT-B-16" and rec["efficiency"]["params_trainable"] == 0
+    assert not list(work.rglob("*.pth"))
+    with capsys.disabled():
+        print(f"\n[real-config maskclip @ {SIZE}px] wall_s {wall:.1f}, eval_peak_memory_mb "
+              f"{rec['efficiency']['peak_memory_mb']}")
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_real_config_end_to_end(method, voc_root, tmp_path, capsys, record_property):
+    from zss_bench.plugins import get_method
+
+    plugin = get_method(method)
+    rec, wall, work = _run_real(method, voc_root, tmp_path, capsys)
+
+    # the configuration that ran is the real one
+    _check_real_config(rec)
+    cfg = rec["method"]["config"]
+    assert cfg["MODEL"]["RESNETS"]["DEPTH"] == 101 and cfg["MODEL"]["RESNETS"]["STEM_TYPE"] == "deeplab"
     # training: one real step
     assert rec["training"]["max_iter"] == 1 and rec["training"]["ims_per_batch"] == 2
     assert rec["training"]["eval_only"] is False and math.isfinite(rec["training"]["final_total_loss"])
     assert rec["dataset"]["train_images"] == 2
-    assert rec["leakage"]["unseen_names_before_eval"] == []
-    # evaluation: the metrics of the one val image
-    metrics = rec["metrics"]
-    for key in ("hIoU", "mIoU_seen", "mIoU_unseen", "mIoU"):
-        assert isinstance(metrics.get(key), (int, float)) and math.isfinite(metrics[key]), (key, metrics.get(key))
     if plugin.uses_clip:
         assert rec["clip"] and rec["clip"]["name"] == "ViT-B-16" and rec["clip"]["weights_hash"]
     else:

@@ -4,28 +4,11 @@ treated as background (that would teach the model that unseen things are nothing
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from zss_bench.modeling.mask_losses import pairwise_dice_cost, pairwise_mask_cost
 
-def pairwise_mask_cost(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, kind: str = "bce",
-                       alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    """(Q, N) mask logits, (K, N) binary targets, (N,) valid -> (Q, K) mean per-pixel loss over valid pixels."""
-    x, t = logits[:, valid], targets[:, valid].to(logits.dtype)
-    n = max(1, x.shape[1])
-    pos, neg = F.softplus(-x), F.softplus(x)  # -log sigmoid(x), -log(1 - sigmoid(x))
-    if kind == "focal":
-        p = x.sigmoid()
-        pos, neg = alpha * (1 - p) ** gamma * pos, (1 - alpha) * p ** gamma * neg
-    elif kind != "bce":
-        raise ValueError(f"unknown MODEL.ZEGFORMER.MASK_LOSS '{kind}' (bce | focal)")
-    return (pos @ t.t() + neg @ (1 - t).t()) / n
-
-
-def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(Q, N), (K, N), (N,) -> (Q, K) dice loss 1 - (2|p t| + 1) / (|p| + |t| + 1) over valid pixels."""
-    p, t = logits[:, valid].sigmoid(), targets[:, valid].to(logits.dtype)
-    return 1 - (2 * p @ t.t() + 1) / (p.sum(-1)[:, None] + t.sum(-1)[None, :] + 1)
+__all__ = ["hungarian_match", "match_queries", "pairwise_dice_cost", "pairwise_mask_cost"]
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PartialViT", "PartialViTError", "interpolate_pos_embed", "run_block", "value_path"]
+__all__ = ["PartialViT", "PartialViTError", "attention_keys", "interpolate_pos_embed", "run_block", "value_path"]
 
 
 def _is_standard_block(blk: nn.Module) -> bool:
@@ -66,6 +66,16 @@ def value_path(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     _, _, v = _qkv(blk.attn, blk.ln_1(x))
     v = v.transpose(1, 2).reshape(b, n, c)
     return F.linear(v, blk.attn.out_proj.weight, blk.attn.out_proj.bias)
+
+
+def attention_keys(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's attention keys of every token, heads concatenated, (B, N, C) -> (B, N, C): what MaskCLIP's
+    key smoothing compares tokens by (tokens that the last block would attend alike)."""
+    if not _is_standard_block(blk):
+        raise PartialViTError(f"attention keys need a standard open_clip attention block, got {type(blk).__name__}")
+    b, n, c = x.shape
+    _, k, _ = _qkv(blk.attn, blk.ln_1(x))
+    return k.transpose(1, 2).reshape(b, n, c)
 
 
 class PartialViTError(ValueError):

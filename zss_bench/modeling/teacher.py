@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from zss_bench.clip import LoadedClip, PartialViT
-from zss_bench.clip.partial import value_path
+from zss_bench.clip.partial import attention_keys, value_path
 
-OUTPUTS = ("cls", "entry", "dense", "value")
+OUTPUTS = ("cls", "entry", "dense", "value", "key")
 
 
 class ClipTeacher(nn.Module):
@@ -53,7 +53,8 @@ class ClipTeacher(nn.Module):
     def encode(self, rgb255: torch.Tensor, need=("cls", "entry"), resolution: str = "native") -> dict:
         """The requested outputs: ``cls`` (B, D) projected class token; ``entry`` (B, 1 + h*w, width)
         tokens entering ``entry_block``; ``dense`` (B, D, h, w) projected patch tokens after the last
-        block; ``value`` (B, D, h, w) MaskCLIP's value-path tokens of the last block; plus ``grid``."""
+        block; ``value`` (B, D, h, w) MaskCLIP's value-path tokens of the last block; ``key`` (B, width, h, w)
+        the last block's attention keys (MaskCLIP's key smoothing); plus ``grid``."""
         unknown = set(need) - set(OUTPUTS)
         if unknown:
             raise ValueError(f"unknown teacher output(s) {sorted(unknown)} ({' | '.join(OUTPUTS)})")
@@ -64,9 +65,12 @@ class ClipTeacher(nn.Module):
         if "entry" in want:
             x, done = self.vit.run_blocks(x, done, self.entry_block), self.entry_block
             out["entry"] = x
-        if "value" in want:
+        if want & {"value", "key"}:
             x, done = self.vit.run_blocks(x, done, n - 1), n - 1
-            out["value"] = self._dense(self.vit.project(value_path(self.vit.blocks[n - 1], x)[:, 1:]), h, w)
+            if "value" in want:
+                out["value"] = self._dense(self.vit.project(value_path(self.vit.blocks[n - 1], x)[:, 1:]), h, w)
+            if "key" in want:
+                out["key"] = self._dense(attention_keys(self.vit.blocks[n - 1], x)[:, 1:], h, w)
         if want & {"cls", "dense"}:
             x = self.vit.run_blocks(x, done, n)
             if "cls" in want:

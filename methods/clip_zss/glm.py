@@ -1,0 +1,52 @@
+"""The global learning module: CLIP's CLS embedding as a query over the body's dense features."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attention_pool(cls: torch.Tensor, dense: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cls (B, D), dense (B, D, h, w) -> (S_hat (B, D), W (B, h*w)).
+
+    W = softmax over positions of cos(S, R_i) / temperature; S_hat = sum_i W_i R_i (the raw features)."""
+    r = dense.flatten(2)  # (B, D, N)
+    sim = torch.einsum("bd,bdn->bn", F.normalize(cls.to(r.dtype), dim=-1), F.normalize(r, dim=1))
+    weight = (sim / temperature).softmax(-1)
+    return torch.einsum("bn,bdn->bd", weight, r), weight
+
+
+class ClsMemoryBank(nn.Module):
+    """FIFO of unit-norm CLS embeddings from earlier batches: InfoNCE negatives beyond the batch.
+    Persistent buffers (a few hundred embeddings), so a resumed run continues with the same bank."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        if size < 0:
+            raise ValueError(f"MODEL.CLIP_ZSS.GLM.BANK_SIZE must be >= 0, got {size}")
+        self.register_buffer("bank", torch.zeros(size, dim))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+
+    def negatives(self) -> torch.Tensor:
+        return self.bank[: int(self.filled)]
+
+    @torch.no_grad()
+    def push(self, cls: torch.Tensor) -> None:
+        size = self.bank.shape[0]
+        if size == 0:
+            return
+        cls = F.normalize(cls.detach().float(), dim=-1)[-size:]
+        idx = (int(self.pointer) + torch.arange(cls.shape[0])) % size
+        self.bank[idx.to(self.bank.device)] = cls.to(self.bank.dtype)
+        self.pointer.fill_((int(self.pointer) + cls.shape[0]) % size)
+        self.filled.fill_(min(size, int(self.filled) + cls.shape[0]))
+
+
+def glm_infonce(pooled: torch.Tensor, cls: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE of each image's pooled features against its own CLS (positive), the batch's other CLS and
+    the memory bank's (negatives). pooled, cls (B, D); negatives (M, D), unit norm."""
+    p = F.normalize(pooled, dim=-1)
+    keys = torch.cat([F.normalize(cls.detach().to(p.dtype), dim=-1), negatives.to(p.dtype)], dim=0)
+    logits = p @ keys.t() / temperature
+    return F.cross_entropy(logits, torch.arange(p.shape[0], device=p.device))
