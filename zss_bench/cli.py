@@ -107,7 +107,7 @@ def _skip_printer(message: str) -> None:
 
 def cmd_leaderboard(args) -> int:
     from zss_bench.records import atomic_write_text
-    from zss_bench.tables import aggregate, collect_runs, render_leaderboard
+    from zss_bench.tables import add_paired_column, aggregate, collect_runs, render_leaderboard
 
     if args.protocol:
         from zss_bench.protocol import load_protocol
@@ -119,7 +119,11 @@ def cmd_leaderboard(args) -> int:
         raise RecordError(f"results folder {args.results} does not exist (pass --results DIR, the folder that holds "
                           "runs/; the project's committed table is --results results)")
     runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_skip_printer)
-    text = render_leaderboard(aggregate(runs), fmt=args.format, convention=args.convention)
+    table = aggregate(runs)
+    reference = None if args.vs.lower() == "none" else args.vs
+    if reference:
+        table = add_paired_column(table, runs, reference, n_boot=args.n_boot)
+    text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference)
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out} ({len(runs)} runs)")
@@ -388,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", choices=["mmseg", "detectron2"], help="absent-class convention (default: each protocol's headline)")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     p.add_argument("--out", metavar="FILE", help="write the table to FILE (atomically) instead of stdout")
+    p.add_argument("--vs", default="chimera", metavar="METHOD",
+                   help="reference method of the paired ΔhIoU column (default: chimera; 'none' leaves it out)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the paired column (default 1000)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("compare", help="paired bootstrap of two runs on the same images")

@@ -179,10 +179,11 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
             raise RunInterrupted(int(getattr(trainer, "iter", resumed_from)), output_dir) from None
         model, storage, mapper = trainer.bare_model, trainer.storage, trainer.mapper
         step_seconds = getattr(trainer, "step_seconds", None)
+        weights = {"origin": "trained here", "file": str(Path(output_dir) / "model_final.pth")}
     else:  # detectron2's own evaluation path: build the model, load weights, evaluate; no optimizer, no loader
         model = ZSSTrainer.build_model(cfg)
         _check_model(plugin, model)
-        resumed_from = _load_for_evaluation(model, cfg) if plugin.trains else 0
+        resumed_from, weights = _load_for_evaluation(model, cfg) if plugin.trains else (0, {"origin": "training-free"})
         storage = mapper = step_seconds = None
     train_time = time.time() - started
     leakage = _leakage_guard(protocol, audit, cfg, mapper)
@@ -210,6 +211,7 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
                      "eval_only": req.eval_only, "optimizer_built": trains,
                      "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "world_size": comm.get_world_size(),
                      "final_total_loss": history.latest() if history else None, "train_time_s": round(train_time, 1),
+                     "weights": {**weights, **({"file": portable_path(weights["file"])} if "file" in weights else {})},
                      "output_dir": portable_path(output_dir)},
         "leakage": leakage,
         "dataset": {"root": portable_path(root), "train_images": _train_size(cfg)},
@@ -258,14 +260,39 @@ def _reset_text_audit():
     return text_encoder_audit
 
 
-def _load_for_evaluation(model, cfg) -> int:
+def _load_for_evaluation(model, cfg) -> tuple[int, dict]:
     """--eval-only: the output folder's last checkpoint, else MODEL.WEIGHTS (detectron2's resume_or_load
-    semantics); returns the iteration the weights were saved after (0 for an untrained model)."""
+    semantics) -> (the iteration the weights were saved after, 0 for an untrained model; where they come
+    from). Weights count as *trained here* when the harness wrote them: this run's own output folder, a
+    checkpoint carrying the trainer's zss-bench marker, or one beside a finished run's record pointer;
+    anything else is *imported* (a released checkpoint), named by its sha256, and the leaderboard keeps
+    such rows apart: released and retrained weights of one method are known to differ."""
     from detectron2.checkpoint import DetectionCheckpointer
 
     checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR)
+    own = checkpointer.has_checkpoint()
+    path = checkpointer.get_checkpoint_file() if own else cfg.MODEL.WEIGHTS
     checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
-    return int(checkpoint.get("iteration", -1)) + 1 if checkpointer.has_checkpoint() else 0
+    iteration = int(checkpoint.get("iteration", -1)) + 1 if own else 0
+    if not path:
+        return iteration, {"origin": "untrained"}
+    marked = isinstance(checkpoint.get("trainer"), dict) and "zss_bench" in checkpoint["trainer"]
+    if own or marked or (Path(path).parent / RECORD_POINTER).is_file():
+        return iteration, {"origin": "trained here", "file": str(path)}
+    return iteration, {"origin": "imported", "file": str(path), "sha256": _sha256(path)}
+
+
+def _sha256(path) -> str | None:
+    import hashlib
+
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except OSError:  # a URL or catalog name detectron2 resolved itself
+        return None
 
 
 def _check_model(plugin, model) -> None:

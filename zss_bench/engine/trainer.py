@@ -160,6 +160,9 @@ class ZSSTrainer(DefaultTrainer):
         # last iteration leaves them out: nothing is left to resume, and on R-101 they are two
         # thirds of the file (fine-tuning from it starts a new optimizer through MODEL.WEIGHTS).
         ret = super().state_dict()
+        # what makes this checkpoint "trained here" when another run evaluates it (vs an imported one)
+        ret["zss_bench"] = {"method": self.cfg.ZSS.METHOD, "protocol_hash": self.cfg.ZSS.PROTOCOL_HASH,
+                            "seed": int(self.cfg.SEED)}
         if self.iter < self.max_iter - 1:
             ret["_trainer"] = self._trainer.state_dict()
         return ret

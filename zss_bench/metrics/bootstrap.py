@@ -14,7 +14,7 @@ import numpy as np
 from .confusion import ImageStats
 from .summary import _check_convention, _check_ids, summarize_batch
 
-__all__ = ["bootstrap_ci", "paired_bootstrap", "METRICS"]
+__all__ = ["bootstrap_ci", "paired_bootstrap", "paired_bootstrap_seeds", "METRICS"]
 
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "pAcc")
 _CHUNK_BYTES = 200 * 2**20
@@ -140,4 +140,45 @@ def paired_bootstrap(
         p = float("nan") if d.size == 0 else min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
         out[m] = {"a": pa[m], "b": pb[m], "delta": pb[m] - pa[m], "low": ci["low"], "high": ci["high"], "p_value": float(p)}
     out.update(n_boot=int(n_boot), seed=seed, alpha=alpha, n_images=len(a), convention=convention)
+    return out
+
+
+def paired_bootstrap_seeds(
+    pairs: list[tuple[ImageStats, ImageStats]],
+    seen_ids,
+    unseen_ids,
+    convention: str = "mmseg",
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict:
+    """Paired bootstrap of B - A over several seeds: ``pairs`` holds (a, b) of each seed, all on the same
+    test images. Every replicate draws one image resample, applied to every run of every seed (pairing on
+    images), and its delta is the mean over seeds of that seed's b - a; the point ``delta`` is the mean of
+    the seeds' deltas on all images. Per metric: ``a`` and ``b`` (means over seeds), ``delta``, ``low``/``high``
+    and a two-sided ``p_value``, as :func:`paired_bootstrap`; plus ``seeds`` (the number of pairs)."""
+    if not pairs:
+        raise ValueError("paired_bootstrap_seeds needs at least one (a, b) pair")
+    first = pairs[0][0]
+    runs = []
+    for a, b in pairs:
+        _check_args(a, n_boot, alpha)
+        _check_args(b, n_boot, alpha)
+        runs += [_align(first, a), _align(first, b)]
+    _check_convention(convention)
+    _check_ids(seen_ids, unseen_ids, first.num_classes)
+    points = [_full(r, seen_ids, unseen_ids, convention) for r in runs]
+    reps = _replicates(runs, seen_ids, unseen_ids, convention, int(n_boot), seed)
+    out: dict = {}
+    for m in METRICS:
+        pa = [points[2 * i][m] for i in range(len(pairs))]
+        pb = [points[2 * i + 1][m] for i in range(len(pairs))]
+        d = np.mean([reps[2 * i + 1][m] - reps[2 * i][m] for i in range(len(pairs))], axis=0)
+        d = d[np.isfinite(d)]
+        ci = _interval(d, alpha)
+        p = float("nan") if d.size == 0 else min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
+        out[m] = {"a": float(np.mean(pa)), "b": float(np.mean(pb)), "delta": float(np.mean(pb) - np.mean(pa)),
+                  "low": ci["low"], "high": ci["high"], "p_value": float(p)}
+    out.update(n_boot=int(n_boot), seed=seed, alpha=alpha, n_images=len(first), convention=convention,
+               seeds=len(pairs))
     return out

@@ -16,6 +16,8 @@ from tabulate import tabulate
 from zss_bench.records.store import RecordWarning, iter_runs
 
 FORMATS = ("md", "latex", "csv")
+EFFICIENCY = ("params_total", "params_trainable", "test_images_per_s", "peak_memory_mb", "train_step_s")
+TRAINED_HERE, IMPORTED = "trained here", "imported"
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU")
 _HEADERS = {"mIoU_seen": "mIoU(S)", "mIoU_unseen": "mIoU(U)", "hIoU": "hIoU", "pAcc": "pAcc", "mIoU": "mIoU"}
 _GROUP = ["protocol", "protocol_version", "protocol_hash", "method", "config", "clip"]
@@ -57,13 +59,36 @@ def collect_runs(results_root, protocol: str | None = None, convention: str | No
             "convention": conv,
             "run_id": rec.get("run_id"),
             "path": str(run.path),
+            "origin": weights_origin(rec),
+            "machine": (rec.get("efficiency") or {}).get("machine"),
         }
+        eff = rec.get("efficiency") or {}
+        for key in EFFICIENCY:
+            value = eff.get(key)
+            row[key] = float("nan") if value is None else float(value)
         for key in METRICS:
             value = block.get(key)
             row[key] = float("nan") if value is None else float(value)
         rows.append(row)
-    columns = _GROUP + ["seed", "convention", "run_id", "path", *METRICS]
+    columns = _GROUP + ["seed", "convention", "run_id", "path", "origin", "machine", *METRICS, *EFFICIENCY]
     return _one_run_per_seed(pd.DataFrame(rows, columns=columns), report)
+
+
+def weights_origin(record: dict) -> str:
+    """Where a run's weights come from: ``trained here`` (this harness trained them: a training run, or an
+    evaluation of a checkpoint the harness wrote), ``imported`` (scored with weights trained elsewhere,
+    e.g. a released checkpoint through ``--eval-only MODEL.WEIGHTS``, or predictions scored by
+    ``zss-bench evaluate``) or ``training-free``. Run records made before the field existed are harness
+    training runs or grid re-scorings of their checkpoints."""
+    if record.get("kind") == "evaluate":
+        return IMPORTED
+    training = record.get("training") or {}
+    origin = (training.get("weights") or {}).get("origin")
+    if origin in (TRAINED_HERE, IMPORTED, "training-free"):
+        return origin
+    if training.get("training_free"):
+        return "training-free"
+    return IMPORTED if origin == "untrained" else TRAINED_HERE
 
 
 def _one_run_per_seed(runs: pd.DataFrame, report: Callable[[str], None]) -> pd.DataFrame:
@@ -72,22 +97,32 @@ def _one_run_per_seed(runs: pd.DataFrame, report: Callable[[str], None]) -> pd.D
     if runs.empty:
         return runs
     runs = runs.sort_values("run_id", kind="stable")
-    dup = runs.duplicated(_GROUP + ["seed"], keep="last")
+    key = _GROUP + (["origin"] if "origin" in runs else []) + ["seed"]  # an imported seed never replaces a trained one
+    dup = runs.duplicated(key, keep="last")
     for row in runs[dup].itertuples():
-        kept = runs[~dup & (runs[_GROUP + ["seed"]] == pd.Series(row._asdict())[_GROUP + ["seed"]]).all(axis=1)]
+        kept = runs[~dup & (runs[key] == pd.Series(row._asdict())[key]).all(axis=1)]
         report(f"duplicate run of {row.method} [{row.config}] seed {row.seed}: counting the newest "
                f"({kept.run_id.iloc[0] if len(kept) else '?'}), not {row.path}")
     return runs[~dup].reset_index(drop=True)
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof=1; NaN for one run) and count per group, sorted by mean hIoU."""
+    """Mean, std (ddof=1; NaN for one run) and count per group, sorted by mean hIoU; the efficiency
+    figures' means (NaN where no record has them), the weights' origin and the machines."""
     if runs.empty:
-        return pd.DataFrame(columns=_GROUP + ["runs"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
-    grouped = runs.groupby(_GROUP, dropna=False, sort=False)
+        return pd.DataFrame(columns=_GROUP + ["origin", "runs", "seeds", "machines"]
+                            + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + list(EFFICIENCY))
+    group = _GROUP + ["origin"] if "origin" in runs else _GROUP
+    grouped = runs.groupby(group, dropna=False, sort=False)
     out = grouped[list(METRICS)].agg(["mean", "std"])
     out.columns = [f"{m}_{s}" for m, s in out.columns]
     out.insert(0, "runs", grouped.size())
+    out.insert(1, "seeds", grouped["seed"].agg(lambda x: tuple(sorted(int(v) for v in x if pd.notna(v)))))
+    if "machine" in runs:
+        out.insert(2, "machines", grouped["machine"].agg(lambda x: tuple(sorted({str(v) for v in x if pd.notna(v) and v}))))
+    for key in EFFICIENCY:
+        if key in runs:
+            out[key] = grouped[key].mean()
     out = out.reset_index()
     return out.sort_values(["protocol", "hIoU_mean"], ascending=[True, False], na_position="last").reset_index(drop=True)
 
@@ -98,8 +133,26 @@ def _pm(mean: float, std: float, n: int) -> str:
     return f"{mean:.1f}" if n < 2 or pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
 
 
-def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | None = None) -> str:
-    """Render ``aggregate``'s output as Markdown, LaTeX (booktabs) or CSV."""
+def _num(x, digits: int = 1, scale: float = 1.0) -> str:
+    return "n/a" if x is None or pd.isna(x) else f"{x * scale:.{digits}f}"
+
+
+def _vs(row) -> str:
+    delta = getattr(row, "vs_delta", None)
+    if delta is None or pd.isna(delta):
+        return "ref" if getattr(row, "vs_config", None) == "ref" else "n/a"
+    return f"{delta:+.1f} [{row.vs_low:+.1f}, {row.vs_high:+.1f}]"
+
+
+def _has(sub: pd.DataFrame, col: str) -> bool:
+    return col in sub and sub[col].notna().any()
+
+
+def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | None = None,
+                       reference: str | None = None) -> str:
+    """Render ``aggregate``'s output (optionally with ``add_paired_column``'s) as Markdown, LaTeX (booktabs)
+    or CSV. Rows with imported weights get their own table under the harness-trained ones; efficiency
+    columns appear when records carry them, with the machines they were measured on named below."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
@@ -108,14 +161,56 @@ def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | N
         return "(no runs found)\n"
     parts = []
     for (proto, version, phash), sub in table.groupby(["protocol", "protocol_version", "protocol_hash"], sort=True):
-        rows = [[r.method, r.config, int(r.runs), *(_pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"), r.runs) for m in METRICS),
-                 r.clip] for r in sub.itertuples()]
-        headers = ["method", "config", "runs", *(_HEADERS[m] for m in METRICS), "CLIP weights"]
+        origin = sub["origin"] if "origin" in sub else pd.Series(TRAINED_HERE, index=sub.index)
         conv = f", {convention} convention" if convention else ", headline convention"
-        title = f"{proto} (v{version}, {phash}{conv}; mean ± std over runs, %)"
-        if fmt == "md":
-            parts.append(f"### {title}\n\n" + tabulate(rows, headers=headers, tablefmt="github") + "\n")
-        else:
-            body = tabulate(rows, headers=headers, tablefmt="latex_booktabs").replace("±", r"$\pm$")
-            parts.append(f"% {title}\n{body}\n")
+        for kind, part in (("", sub[origin != IMPORTED]), (IMPORTED, sub[origin == IMPORTED])):
+            if part.empty:
+                continue
+            vs = reference is not None and _has(part, "vs_delta")
+            eff = any(_has(part, k) for k in EFFICIENCY)
+            headers = ["method", "config", "weights", "runs", *(_HEADERS[m] for m in METRICS)]
+            if vs:
+                headers.append(f"ΔhIoU vs {reference} [95% CI]")
+            if eff:
+                headers += ["params M (trainable)", "test img/s", "eval peak MB", "train s/step"]
+            headers.append("CLIP weights")
+            rows = []
+            for r in part.itertuples():
+                row = [r.method, r.config, getattr(r, "origin", TRAINED_HERE), int(r.runs),
+                       *(_pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"), r.runs) for m in METRICS)]
+                if vs:
+                    row.append(_vs(r))
+                if eff:
+                    total, trainable = getattr(r, "params_total", None), getattr(r, "params_trainable", None)
+                    row += ["n/a" if total is None or pd.isna(total) else f"{_num(total, 2, 1e-6)} ({_num(trainable, 2, 1e-6)})",
+                            _num(getattr(r, "test_images_per_s", None)), _num(getattr(r, "peak_memory_mb", None), 0),
+                            _num(getattr(r, "train_step_s", None), 2)]
+                rows.append(row + [r.clip])
+            what = "imported weights or predictions (trained elsewhere: not comparable with the harness-trained rows)" if kind \
+                else "mean ± std over runs, %"
+            title = f"{proto} (v{version}, {phash}{conv}; {what})"
+            notes = _notes(part, reference if vs else None, eff)
+            if fmt == "md":
+                body = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+                parts.append(f"### {title}\n\n{body}\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else ""))
+            else:
+                body = tabulate(rows, headers=headers, tablefmt="latex_booktabs", disable_numparse=True)
+                body = body.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+                parts.append(f"% {title}\n{body}\n" + "".join(f"% {n}\n" for n in notes))
     return "\n".join(parts)
+
+
+def _notes(part: pd.DataFrame, reference: str | None, eff: bool) -> list[str]:
+    notes = []
+    if reference:
+        notes.append(f"ΔhIoU vs {reference}: paired bootstrap over the test images, per seed, averaged over the "
+                     f"seeds both rows have (1,000 resamples); paired with {reference}'s row of the same config "
+                     "when it has one, else its default row; n/a where no seed pairs.")
+    if eff and "machines" in part:
+        machines = sorted({m for ms in part["machines"] for m in (ms or ())})
+        if machines:
+            mixed = " (several machines: compare efficiency only between rows of one machine)" \
+                if len(machines) > 1 else ""
+            notes.append("Efficiency (means over runs; n/a: records made before the harness measured it) "
+                         f"measured on: {'; '.join(machines)}{mixed}.")
+    return notes
