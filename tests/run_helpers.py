@@ -87,3 +87,22 @@ def make_plugin(name: str, meta_arch: str, **declares) -> MethodPlugin:
     plugin = MethodPlugin(name=name, add_config=add_config, config_dir=Path(__file__).parent / "method_configs",
                           description="test-only", **{"uses_clip": False, **declares})
     return plugin, ["MODEL.META_ARCHITECTURE", meta_arch]
+
+
+def build_on_synth(world_dir: Path, output_dir: Path, method: str, opts: list[str], clip: str = "zss-micro-vit:random"):
+    """A method's model as a run would build it on synth-15-5 (a tiny generated world at ``world_dir``),
+    without training: -> (model, protocol)."""
+    from detectron2.modeling import build_model
+
+    from zss_bench.data.d2_datasets import register_protocol
+    from zss_bench.engine.config import build_run_config
+    from zss_bench.plugins import get_method
+    from zss_bench.protocol import load_protocol
+
+    root = synth_world(world_dir, seed=3, n_train=4, n_val=2)
+    protocol = load_protocol("synth-15-5")
+    register_protocol(protocol, root)
+    cfg = build_run_config(get_method(method), protocol, seed=0, output_dir=str(output_dir), data_root=str(root),
+                           clip=clip, opts=opts)
+    torch.manual_seed(0)
+    return build_model(cfg), protocol

@@ -16,21 +16,10 @@ MICRO = "zss-micro-vit:random"
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from detectron2.modeling import build_model
+    from run_helpers import build_on_synth, tiny
 
-    from run_helpers import synth_world, tiny
-    from zss_bench.data.d2_datasets import register_protocol
-    from zss_bench.engine.config import build_run_config
-    from zss_bench.plugins import get_method
-    from zss_bench.protocol import load_protocol
-
-    root = synth_world(tmp_path_factory.mktemp("world"), seed=3, n_train=4, n_val=2)
-    protocol = load_protocol("synth-15-5")
-    register_protocol(protocol, root)
-    cfg = build_run_config(get_method("maskclip"), protocol, seed=0, output_dir=str(tmp_path_factory.mktemp("o")),
-                           data_root=str(root), clip=MICRO, opts=tiny(1))
-    net = build_model(cfg).eval()
-    net.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
+    net, protocol = build_on_synth(tmp_path_factory.mktemp("world"), tmp_path_factory.mktemp("o"), "maskclip", tiny(1))
+    net.eval().set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
     return net, protocol
 
 

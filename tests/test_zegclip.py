@@ -62,23 +62,12 @@ def test_classwise_losses_count_labelled_pixels_only():
 
 @pytest.fixture(scope="module", params=["zegclip", "cascade"])
 def model(request, tmp_path_factory):
-    from detectron2.modeling import build_model
+    from run_helpers import build_on_synth, tiny
 
-    from run_helpers import synth_world, tiny
-    from zss_bench.data.d2_datasets import register_protocol
-    from zss_bench.engine.config import build_run_config
-    from zss_bench.plugins import get_method
-    from zss_bench.protocol import load_protocol
-
-    root = synth_world(tmp_path_factory.mktemp("world"), seed=3, n_train=4, n_val=2)
-    protocol = load_protocol("synth-15-5")
-    register_protocol(protocol, root)
     extra = ["MODEL.ZEGCLIP.CASCADE.OUT_INDICES", "(0,)"] if request.param == "cascade" else []
-    cfg = build_run_config(get_method("zegclip"), protocol, seed=0, output_dir=str(tmp_path_factory.mktemp("o")),
-                           data_root=str(root), clip=MICRO, opts=tiny(1, 1000, "MODEL.ZEGCLIP.VPT.NUM_TOKENS", "2",
-                                                                   *extra))
-    torch.manual_seed(0)
-    return build_model(cfg), protocol, request.param
+    net, protocol = build_on_synth(tmp_path_factory.mktemp("world"), tmp_path_factory.mktemp("o"), "zegclip",
+                                   tiny(1, 1000, "MODEL.ZEGCLIP.VPT.NUM_TOKENS", "2", *extra))
+    return net, protocol, request.param
 
 
 def test_inference_is_sigmoid_masks_minus_gamma_and_training_moves_only_prompts_and_decoders(model):
@@ -108,21 +97,10 @@ def test_inference_is_sigmoid_masks_minus_gamma_and_training_moves_only_prompts_
 
 
 def test_cascade_indices_are_checked(tmp_path):
-    from detectron2.modeling import build_model
+    from run_helpers import build_on_synth, tiny
 
-    from run_helpers import synth_world, tiny
-    from zss_bench.data.d2_datasets import register_protocol
-    from zss_bench.engine.config import build_run_config
-    from zss_bench.plugins import get_method
-    from zss_bench.protocol import load_protocol
-
-    root = synth_world(tmp_path / "world", seed=3, n_train=2, n_val=1)
-    protocol = load_protocol("synth-15-5")
-    register_protocol(protocol, root)
-    cfg = build_run_config(get_method("zegclip"), protocol, seed=0, output_dir=str(tmp_path / "o"), data_root=str(root),
-                           clip=MICRO, opts=tiny(1, 1000, "MODEL.ZEGCLIP.CASCADE.OUT_INDICES", "(1,)"))
     with pytest.raises(ValueError, match=r"OUT_INDICES \(1,\) must be blocks 0..0"):
-        build_model(cfg)
+        build_on_synth(tmp_path / "world", tmp_path / "o", "zegclip", tiny(1, 1000, "MODEL.ZEGCLIP.CASCADE.OUT_INDICES", "(1,)"))
 
 
 def test_a_tiny_zegclip_run_passes_the_leakage_guard(tmp_path):

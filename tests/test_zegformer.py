@@ -72,22 +72,10 @@ def test_geometric_ensemble_against_a_worked_example():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from detectron2.modeling import build_model
+    from run_helpers import build_on_synth, tiny
 
-    from run_helpers import synth_world, tiny
-    from zss_bench.data.d2_datasets import register_protocol
-    from zss_bench.engine.config import build_run_config
-    from zss_bench.plugins import get_method
-    from zss_bench.protocol import load_protocol
-
-    root = synth_world(tmp_path_factory.mktemp("world"), seed=3, n_train=4, n_val=2)
-    protocol = load_protocol("synth-15-5")
-    register_protocol(protocol, root)
-    cfg = build_run_config(get_method("zegformer"), protocol, seed=0, output_dir=str(tmp_path_factory.mktemp("o")),
-                           data_root=str(root), clip=MICRO, opts=tiny(1, 1000, "MODEL.ZEGFORMER.NUM_QUERIES", "4",
-                                     "MODEL.ZEGFORMER.INFERENCE.SEEN_CALIBRATION", "0.1"))
-    torch.manual_seed(0)
-    return build_model(cfg), protocol
+    return build_on_synth(tmp_path_factory.mktemp("world"), tmp_path_factory.mktemp("o"), "zegformer",
+                          tiny(1, 1000, "MODEL.ZEGFORMER.NUM_QUERIES", "4", "MODEL.ZEGFORMER.INFERENCE.SEEN_CALIBRATION", "0.1"))
 
 
 def test_semantic_inference_is_the_sum_over_queries_of_class_times_mask_probabilities(model):

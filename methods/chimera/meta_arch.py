@@ -55,9 +55,6 @@ class ChimeraSeg(ZSSSegmentor):
             raise ValueError(f"MODEL.CHIMERA.SGD.CROPS must be >= 0, got {c.SGD.CROPS}")
         self.to(device)
 
-    def lr_multipliers(self) -> dict:
-        return {"body.": self.body_lr} if self.body_lr != 1.0 else {}
-
     @staticmethod
     def _csh_pool(stride: int, body_stride: int) -> int:
         """CSH.STRIDE (the head's token stride in input pixels; 0 = the body's own) -> pooling factor."""

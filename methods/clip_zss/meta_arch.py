@@ -41,9 +41,6 @@ class ClipZSSSeg(ZSSSegmentor):
         self.body_lr = c.BODY_LR_MULTIPLIER
         self.to(device)
 
-    def lr_multipliers(self) -> dict:
-        return {"body.": self.body_lr} if self.body_lr != 1.0 else {}
-
     def set_eval_classes(self, class_names, seen_ids):
         super().set_eval_classes(class_names, seen_ids)
         self.classifier.text.set_classes(class_names)  # unseen names reach the text encoder only now

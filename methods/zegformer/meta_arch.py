@@ -42,9 +42,6 @@ class ZegFormerSeg(ZSSSegmentor):
         self.body_lr = z.BODY_LR_MULTIPLIER
         self.to(device)
 
-    def lr_multipliers(self) -> dict:
-        return {"body.": self.body_lr} if self.body_lr != 1.0 else {}
-
     def set_eval_classes(self, class_names, seen_ids):
         super().set_eval_classes(class_names, seen_ids)
         self.text.set_classes(class_names)  # unseen names reach the text encoder only now

@@ -124,22 +124,8 @@ def paired_bootstrap(
     (b - a on all images), ``low``/``high`` (percentile interval of the replicate deltas) and
     a two-sided ``p_value`` = min(1, 2 * min(P(delta* <= 0), P(delta* >= 0))).
     """
-    _check_args(a, n_boot, alpha)
-    _check_args(b, n_boot, alpha)
-    _check_convention(convention)
-    b = _align(a, b)
-    _check_ids(seen_ids, unseen_ids, a.num_classes)
-    pa = _full(a, seen_ids, unseen_ids, convention)
-    pb = _full(b, seen_ids, unseen_ids, convention)
-    ra, rb = _replicates([a, b], seen_ids, unseen_ids, convention, int(n_boot), seed)
-    out: dict = {}
-    for m in METRICS:
-        d = rb[m] - ra[m]
-        d = d[np.isfinite(d)]
-        ci = _interval(d, alpha)
-        p = float("nan") if d.size == 0 else min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0)))
-        out[m] = {"a": pa[m], "b": pb[m], "delta": pb[m] - pa[m], "low": ci["low"], "high": ci["high"], "p_value": float(p)}
-    out.update(n_boot=int(n_boot), seed=seed, alpha=alpha, n_images=len(a), convention=convention)
+    out = paired_bootstrap_seeds([(a, b)], seen_ids, unseen_ids, convention, n_boot, seed, alpha)
+    out.pop("seeds")
     return out
 
 

@@ -44,6 +44,7 @@ class ZSSSegmentor(nn.Module):
         self.eval_class_names: list[str] | None = None
         self.clip = None  # the run's LoadedClip (use_clip); not a submodule
         self._frozen_clip_prefixes: tuple[str, ...] = ()
+        self.body_lr = 1.0  # a method's BODY_LR_MULTIPLIER: the learning rate of its ``body.`` parameters
 
     @property
     def device(self):
@@ -95,6 +96,10 @@ class ZSSSegmentor(nn.Module):
         for key in self._frozen_keys(list(full)):
             state_dict.setdefault(key, full[key])
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def lr_multipliers(self) -> dict:
+        """{parameter-name prefix: learning-rate multiplier} the optimizer applies (the body's by default)."""
+        return {"body.": self.body_lr} if self.body_lr != 1.0 else {}
 
     # --- the runner's interface ------------------------------------------------------------
     def set_eval_classes(self, class_names: list[str], seen_ids: list[int]) -> None:
