@@ -18,7 +18,8 @@ MICRO = "zss-micro-vit:random"
 def model(tmp_path_factory):
     from run_helpers import build_on_synth, tiny
 
-    net, protocol = build_on_synth(tmp_path_factory.mktemp("world"), tmp_path_factory.mktemp("o"), "maskclip", tiny(1))
+    net, protocol = build_on_synth(tmp_path_factory.mktemp("world"), tmp_path_factory.mktemp("o"), "maskclip",
+                                   tiny(1, 1000, "MODEL.MASKCLIP.KEY_SMOOTHING.ENABLED", "False"))
     net.eval().set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
     return net, protocol
 

@@ -16,10 +16,11 @@ def add_maskclip_config(cfg) -> None:
     m.INPUT_SCALE = 1.0
     m.TEMPERATURE = 0.01  # cosine / this = CLIP's own logit scale (100); only prompt denoising's softmax sees it
     m.KEY_SMOOTHING = CN()
-    m.KEY_SMOOTHING.ENABLED = False
+    # on: on the dev world (seed 7) it raised hIoU 2.3 -> 2.7 (paired +0.42 [+0.10, +0.73]); see README
+    m.KEY_SMOOTHING.ENABLED = True
     # a token's scores become the mean of the scores of the tokens whose last-block keys have cosine >= this
     m.KEY_SMOOTHING.THRESHOLD = 0.5
     m.PROMPT_DENOISING = CN()
-    m.PROMPT_DENOISING.ENABLED = False
+    m.PROMPT_DENOISING.ENABLED = False  # off: no gain on the dev world (2.3 with it, 2.3 without; README)
     # a class whose highest probability anywhere in the image is below this is removed from that image
     m.PROMPT_DENOISING.THRESHOLD = 0.5
