@@ -205,7 +205,8 @@ def _notes(part: pd.DataFrame, reference: str | None, eff: bool) -> list[str]:
     if reference:
         notes.append(f"ΔhIoU vs {reference}: paired bootstrap over the test images, per seed, averaged over the "
                      f"seeds both rows have (1,000 resamples); paired with {reference}'s row of the same config "
-                     "when it has one, else its default row; n/a where no seed pairs.")
+                     f"when it has one, else its default row ({reference}'s own other rows: against its default); "
+                     "n/a where no seed pairs.")
     if eff and "machines" in part:
         machines = sorted({m for ms in part["machines"] for m in (ms or ())})
         if machines:
