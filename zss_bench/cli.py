@@ -123,7 +123,8 @@ def cmd_leaderboard(args) -> int:
     reference = None if args.vs.lower() == "none" else args.vs
     if reference:
         table = add_paired_column(table, runs, reference, n_boot=args.n_boot)
-    text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference)
+    text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference,
+                              n_boot=args.n_boot)
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out} ({len(runs)} runs)")

@@ -149,7 +149,7 @@ def _has(sub: pd.DataFrame, col: str) -> bool:
 
 
 def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | None = None,
-                       reference: str | None = None) -> str:
+                       reference: str | None = None, n_boot: int = 1000) -> str:
     """Render ``aggregate``'s output (optionally with ``add_paired_column``'s) as Markdown, LaTeX (booktabs)
     or CSV. Rows with imported weights get their own table under the harness-trained ones; efficiency
     columns appear when records carry them, with the machines they were measured on named below."""
@@ -189,7 +189,7 @@ def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | N
             what = "imported weights or predictions (trained elsewhere: not comparable with the harness-trained rows)" if kind \
                 else "mean ± std over runs, %"
             title = f"{proto} (v{version}, {phash}{conv}; {what})"
-            notes = _notes(part, reference if vs else None, eff)
+            notes = _notes(part, reference if vs else None, eff, n_boot)
             if fmt == "md":
                 body = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
                 parts.append(f"### {title}\n\n{body}\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else ""))
@@ -200,11 +200,11 @@ def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | N
     return "\n".join(parts)
 
 
-def _notes(part: pd.DataFrame, reference: str | None, eff: bool) -> list[str]:
+def _notes(part: pd.DataFrame, reference: str | None, eff: bool, n_boot: int) -> list[str]:
     notes = []
     if reference:
         notes.append(f"ΔhIoU vs {reference}: paired bootstrap over the test images, per seed, averaged over the "
-                     f"seeds both rows have (1,000 resamples); paired with {reference}'s row of the same config "
+                     f"seeds both rows have ({n_boot:,} resamples); paired with {reference}'s row of the same config "
                      f"when it has one, else its default row ({reference}'s own other rows: against its default); "
                      "n/a where no seed pairs.")
     if eff and "machines" in part:
