@@ -92,7 +92,7 @@ def test_inference_is_sigmoid_masks_minus_gamma_and_training_moves_only_prompts_
         probs = net._predict(images)[-1].sigmoid()
     assert scores.shape == (1, protocol.num_classes, 4, 4)
     expected = probs.clone()
-    expected[:, list(protocol.seen_ids)] -= 0.1  # ZegCLIP's seen subtraction
+    expected[:, list(protocol.seen_ids)] -= 0.05  # the seen subtraction (default gamma, chosen on the dev world)
     torch.testing.assert_close(scores, expected)
 
 
