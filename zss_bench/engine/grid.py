@@ -23,22 +23,27 @@ such as ``ZSS.N_BOOT`` or ``MODEL.DEVICE``, add nothing), so a shortened grid is
 averaged apart from the full one and never counts as its record. ``ZSS.CLIP`` adds nothing to the
 label either: the teacher is part of a cell's identity through its weights hash (above), which a
 label spelling a path or tag could only get wrong (two specs of the same weights are one cell).
+
+A cell may declare a ``sweep`` (``{method: chimera, sweep: {KEY: [v1, v2]}, seeds: [0, 1, 2]}``): the
+Cartesian product becomes cells (``engine.sweep``) whose identity is the hash of their resolved config.
+A cell that fails leaves a note under ``<results>/failed/`` (``records.failed``) that the leaderboard
+lists; later runs skip it until ``--retry-failed``, which runs only failed cells. Cells run through an
+executor (``engine.executors``): local processes (``--max-parallel N``) or a submitit job array (Slurm).
 """
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from zss_bench.engine.labels import overrides_label
+from zss_bench.engine.sweep import Sweep, SweepError, sweep_from_mapping, sweep_points
 from zss_bench.protocol import Protocol, load_protocol
 from zss_bench.records.paths import expand_path
-from zss_bench.records.store import atomic_write_text, iter_runs
+from zss_bench.records.store import iter_runs
 
 
 class GridError(ValueError):
@@ -52,6 +57,9 @@ class Cell:
     label: str
     opts: list[str] = field(default_factory=list)
     eval_of: str | None = None  # label of the cell whose checkpoint this cell re-evaluates
+    swept: dict | None = None  # a sweep cell: the swept keys' values (its identity is its config hash)
+    sweep: str | None = None  # ... and the title of the sweep it belongs to
+    config_hash: str | None = None  # set by resolve_config_hashes for sweep cells
 
 
 def load_grid(path: str | Path) -> tuple[str, list[Cell]]:
@@ -67,6 +75,9 @@ def load_grid(path: str | Path) -> tuple[str, list[Cell]]:
     for i, c in enumerate(doc["cells"]):
         if not isinstance(c, dict) or "method" not in c:
             raise GridError(f"{path}: cells[{i}] needs a 'method'")
+        if "sweep" in c:
+            cells += sweep_cells(_grid_sweep(path, i, c))
+            continue
         opts = [str(x) for x in c.get("opts", [])]
         if len(opts) % 2:
             raise GridError(f"{path}: cells[{i}].opts must be KEY VALUE pairs")
@@ -77,6 +88,43 @@ def load_grid(path: str | Path) -> tuple[str, list[Cell]]:
         for seed in c.get("seeds", [0]):
             cells.append(Cell(c["method"], int(seed), label, opts, None if eval_of is None else str(eval_of)))
     return str(doc["protocol"]), cells
+
+
+def _grid_sweep(path: Path, i: int, c: dict) -> Sweep:
+    for key in ("eval_of", "label"):
+        if key in c:
+            raise GridError(f"{path}: cells[{i}] is a sweep: its labels come from the swept values, '{key}' is not allowed")
+    try:
+        return sweep_from_mapping(f"{path}: cells[{i}]", str(c["method"]), c["sweep"], c.get("seeds", [0]),
+                                  c.get("opts", []), str(c.get("name", "")))
+    except SweepError as exc:
+        raise GridError(str(exc)) from None
+
+
+def load_sweeps(path: str | Path) -> tuple[str, list[Sweep]]:
+    """The sweeps a grid file declares (for pivot tables), in file order."""
+    path = Path(path)
+    protocol, _ = load_grid(path)
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return protocol, [_grid_sweep(path, i, c) for i, c in enumerate(doc["cells"]) if "sweep" in c]
+
+
+def sweep_cells(sweep: Sweep) -> list[Cell]:
+    """A sweep's cells: every point x every seed."""
+    return [Cell(sweep.method, seed, point.label, point.overrides, swept=dict(point.values), sweep=sweep.title)
+            for point in sweep_points(sweep) for seed in sweep.seeds]
+
+
+def resolve_config_hashes(protocol: Protocol, cells: list[Cell], extra: list[str] | None = None) -> None:
+    """Give each sweep cell the hash of the config it would run with (its identity; no model is built)."""
+    from zss_bench.engine.config import build_run_config, config_hash
+    from zss_bench.plugins import get_method
+
+    for cell in cells:
+        if cell.swept is not None and cell.config_hash is None:
+            cfg = build_run_config(get_method(cell.method), protocol, seed=cell.seed, output_dir="",
+                                   opts=[*cell.opts, *(extra or [])])
+            cell.config_hash = config_hash(cfg)
 
 
 class ClipWeights:
@@ -115,20 +163,23 @@ def with_extra_overrides(cells: list[Cell], extra: list[str]) -> list[Cell]:
     if not suffix:
         return list(cells)
     return [Cell(c.method, c.seed, f"{c.label}+{suffix}", c.opts,
-                 None if c.eval_of is None else f"{c.eval_of}+{suffix}") for c in cells]
+                 None if c.eval_of is None else f"{c.eval_of}+{suffix}", c.swept, c.sweep) for c in cells]
 
 
 def _find(results: str, protocol: str, protocol_hash: str, method: str, label: str, seed: int,
-          clip_hash=None) -> dict | None:
-    """The newest run record of (protocol at this hash, method, label, seed), if any. With
-    ``clip_hash`` (a no-argument callable), a record that used CLIP weights with another hash
-    does not count; records of methods without CLIP always count."""
+          clip_hash=None, config_hash: str | None = None) -> dict | None:
+    """The newest run record of (protocol at this hash, method, label, seed), if any; with
+    ``config_hash`` (sweep cells) the resolved config's hash stands in for the label, so a swept
+    point equal to the defaults finds the ``default`` run. With ``clip_hash`` (a no-argument
+    callable), a record that used CLIP weights with another hash does not count; records of
+    methods without CLIP always count."""
     found = None
     for run in iter_runs(results, on_skip=lambda m: None):
         rec = run.record
+        same = (rec["method"].get("config_hash") == config_hash if config_hash
+                else rec["method"].get("label") == label)
         if (rec["protocol"]["name"] == protocol and rec["protocol"].get("hash") == protocol_hash
-                and rec["method"]["name"] == method
-                and rec["method"].get("label") == label and rec.get("provenance", {}).get("seed") == seed
+                and rec["method"]["name"] == method and same and rec.get("provenance", {}).get("seed") == seed
                 and rec.get("kind") == "run"):
             if clip_hash is not None and rec.get("clip") and rec["clip"].get("weights_hash") != clip_hash():
                 continue
@@ -138,7 +189,8 @@ def _find(results: str, protocol: str, protocol_hash: str, method: str, label: s
 
 
 def _done(results: str, protocol: str, protocol_hash: str, cell: Cell, clip_hash=None) -> bool:
-    return _find(results, protocol, protocol_hash, cell.method, cell.label, cell.seed, clip_hash) is not None
+    return _find(results, protocol, protocol_hash, cell.method, cell.label, cell.seed, clip_hash,
+                 cell.config_hash) is not None
 
 
 def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell, clip_hash=None) -> Path:
@@ -158,67 +210,112 @@ def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell, c
     return weights
 
 
-def _status_file(work_dir: str, protocol: str, cell: Cell) -> Path:
-    """Where the grid notes that a cell's last attempt failed (in the work dir, never under results/)."""
-    return Path(work_dir) / ".grid-status" / protocol / cell.method / f"{cell.label.replace('/', '_')}-seed{cell.seed}.json"
+def _log_file(work_dir: str, protocol: str, cell: Cell) -> Path:
+    """Where a cell's output goes (in the work dir; a Slurm sweep needs it on the shared filesystem)."""
+    return Path(work_dir) / "logs" / protocol / cell.method / f"{cell.label.replace('/', '_')}-seed{cell.seed}.log"
 
 
 def run_grid(path: str | Path, *, results: str | None = None, work_dir: str = "work_dirs", extra: list[str] | None = None,
-             data_root: str | None = None, dry_run: bool = False) -> int:
+             data_root: str | None = None, dry_run: bool = False, executor=None, retry_failed: bool = False) -> int:
+    """Run the due cells of a grid file (see :func:`run_cells`)."""
+    protocol, cells = load_grid(path)
+    return run_cells(protocol, cells, results=results, work_dir=work_dir, extra=extra, data_root=data_root,
+                     dry_run=dry_run, executor=executor, retry_failed=retry_failed)
+
+
+def run_cells(protocol: str, cells: list[Cell], *, results: str | None = None, work_dir: str = "work_dirs",
+              extra: list[str] | None = None, data_root: str | None = None, dry_run: bool = False, executor=None,
+              retry_failed: bool = False) -> int:
+    """Run every due cell through ``executor`` (default: one local process at a time); 0 when every cell has
+    a record. Training cells run first, then ``eval_of`` cells (they need the trained checkpoints). A cell
+    with a failed-cell note is not run again unless ``retry_failed``, which runs only such cells."""
+    from zss_bench.engine.executors import CellJob, LocalExecutor
+    from zss_bench.records.failed import note_path
     from zss_bench.records.store import default_results_root
 
     results = results or default_results_root()
-    protocol, cells = load_grid(path)
+    executor = executor or LocalExecutor(1)
     cells = with_extra_overrides(cells, extra or [])
     proto = load_protocol(protocol)
     protocol_hash = proto.content_hash  # an edited protocol makes every cell due again
+    resolve_config_hashes(proto, cells, extra)
     clip_weights = ClipWeights(proto)
-    failures = 0
-    for i, cell in enumerate(cells, 1):
-        tag = f"[{i}/{len(cells)}] {cell.method} [{cell.label}] seed {cell.seed}"
-        spec = _clip_spec([*cell.opts, *(extra or [])])
-        clip_hash = lambda spec=spec: clip_weights(spec)  # noqa: E731  (lazy: only if a record has a CLIP)
-        if _done(results, protocol, protocol_hash, cell, clip_hash):
-            print(f"{tag}: record exists, skipped", flush=True)
-            continue
-        stale = _done(results, protocol, protocol_hash, cell)  # a record, but made with other CLIP weights
-        # an interrupted cell continues and a finished one is re-evaluated; a checkpoint trained with
-        # another teacher is never continued or re-scored with this one: that cell starts over
-        flags, weights = (["--overwrite"] if stale else ["--resume"]), []
-        why = "its record used other CLIP weights: retrain" if stale else "no record yet"
-        status = _status_file(work_dir, protocol, cell)
-        if status.is_file():
-            try:
-                last = json.loads(status.read_text(encoding="utf-8"))
-                why += f"; failed last time (exit {last.get('exit')}, {last.get('when')})"
-            except (OSError, ValueError):
-                pass
-        if cell.eval_of is not None:
-            flags = ["--eval-only"]
-            try:
-                weights = ["MODEL.WEIGHTS", str(_base_weights(results, protocol, protocol_hash, cell, clip_hash))]
-            except GridError as exc:
-                if not dry_run:
-                    failures += 1
-                    print(f"{tag}: FAILED ({exc}); continuing with the next cell", flush=True)
-                    continue
-                weights = ["MODEL.WEIGHTS", f"<final checkpoint of [{cell.eval_of}] seed {cell.seed}>"]
-        cmd = [sys.executable, "-m", "zss_bench.cli", "run", "--method", cell.method, "--protocol", protocol,
-               "--seed", str(cell.seed), "--results", results, "--work-dir", work_dir,
-               *(["--data-root", str(data_root)] if data_root else []), *flags, *cell.opts, *weights,
-               "ZSS.LABEL", cell.label, *(extra or [])]
-        print(f"{tag}: due ({why}): {' '.join(cmd[3:])}", flush=True)
-        if dry_run:
+    failures, total = 0, len(cells)
+    index = {id(c): i for i, c in enumerate(cells, 1)}
+    for phase in ([c for c in cells if c.eval_of is None], [c for c in cells if c.eval_of is not None]):
+        jobs = []
+        for cell in phase:
+            tag = f"[{index[id(cell)]}/{total}] {cell.method} [{cell.label}] seed {cell.seed}"
+            spec = _clip_spec([*cell.opts, *(extra or [])])
+            clip_hash = lambda spec=spec: clip_weights(spec)  # noqa: E731  (lazy: only if a record has a CLIP)
+            note = note_path(results, protocol, cell.method, cell.label, cell.seed)
+            if _done(results, protocol, protocol_hash, cell, clip_hash):
+                print(f"{tag}: record exists, skipped", flush=True)
+                continue
+            failed = _failed_note(note)
+            if failed is not None and not retry_failed:
+                failures += 1
+                print(f"{tag}: FAILED last time (exit {failed.get('exit')}, log {failed.get('log')}); "
+                      "--retry-failed runs it again", flush=True)
+                continue
+            if failed is None and retry_failed:
+                print(f"{tag}: not failed, not run (--retry-failed runs only failed cells)", flush=True)
+                continue
+            stale = _done(results, protocol, protocol_hash, cell)  # a record, but made with other CLIP weights
+            # an interrupted cell continues and a finished one is re-evaluated; a checkpoint trained with
+            # another teacher is never continued or re-scored with this one: that cell starts over
+            flags, weights = (["--overwrite"] if stale else ["--resume"]), []
+            why = "its record used other CLIP weights: retrain" if stale else "no record yet"
+            if failed is not None:
+                why += f"; failed last time (exit {failed.get('exit')}, {failed.get('when')})"
+            if cell.eval_of is not None:
+                flags = ["--eval-only"]
+                try:
+                    weights = ["MODEL.WEIGHTS", str(_base_weights(results, protocol, protocol_hash, cell, clip_hash))]
+                except GridError as exc:
+                    if not dry_run:
+                        failures += 1
+                        print(f"{tag}: FAILED ({exc}); continuing with the next cell", flush=True)
+                        continue
+                    weights = ["MODEL.WEIGHTS", f"<final checkpoint of [{cell.eval_of}] seed {cell.seed}>"]
+            cmd = [sys.executable, "-m", "zss_bench.cli", "run", "--method", cell.method, "--protocol", protocol,
+                   "--seed", str(cell.seed), "--results", results, "--work-dir", work_dir,
+                   *(["--data-root", str(data_root)] if data_root else []), *flags, *cell.opts, *weights,
+                   "ZSS.LABEL", cell.label, *(extra or [])]
+            print(f"{tag}: due ({why}): {' '.join(cmd[3:])}", flush=True)
+            identity = {"protocol": protocol, "protocol_hash": protocol_hash, "method": cell.method,
+                        "label": cell.label, "seed": cell.seed, "opts": [*cell.opts, *(extra or [])],
+                        "config_hash": cell.config_hash, "sweep": cell.sweep, "swept": cell.swept}
+            jobs.append(CellJob(tag, cmd, str(_log_file(work_dir, protocol, cell)), str(note), identity))
+        if dry_run or not jobs:
             continue
         try:
-            rc = subprocess.run(cmd).returncode
+            codes = executor.run(jobs, on_done=_report)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"interrupted in cell {tag}; re-run the grid to continue (the cell resumes "
-                                    "from its last checkpoint)") from None
-        if rc:
-            failures += 1
-            atomic_write_text(status, json.dumps({"exit": rc, "when": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-            print(f"{tag}: FAILED (exit {rc}); continuing with the next cell", flush=True)
-        else:
-            status.unlink(missing_ok=True)
+            raise KeyboardInterrupt("interrupted; re-run the same command to continue (a cell resumes from its "
+                                    "last checkpoint)") from None
+        failures += sum(1 for rc in codes if rc)
+        if any(rc is None for rc in codes):
+            print(f"submitted {len(jobs)} cell(s); they write their records (or failed notes) when they end: "
+                  "re-run this command afterwards to see what is left"
+                  + (" and to run the eval_of cells" if phase and phase[0].eval_of is None
+                     and any(c.eval_of for c in cells) else ""), flush=True)
+            break
     return 1 if failures else 0
+
+
+def _failed_note(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"exit": "?", "log": str(path)}
+
+
+def _report(job, rc) -> None:
+    if rc:
+        print(f"{job.tag}: FAILED (exit {rc}); log {job.log}; note {job.note}; continuing with the next cell",
+              flush=True)
+    else:
+        print(f"{job.tag}: done", flush=True)
