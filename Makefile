@@ -4,8 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.zss-bench-setup
 PYTEST_ARGS ?=
+SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo bench browser clean
 
 setup: $(STAMP)
 
@@ -24,6 +25,11 @@ demo: setup
 
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,mean,median,stddev,rounds -p no:randomly $(PYTEST_ARGS)
+
+# headless Chromium for tests/test_report_browser.py (renders the HTML report; skipped without it)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	@chromium --version
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .benchmarks

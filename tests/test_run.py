@@ -390,5 +390,8 @@ def test_grid_dry_run_says_why_each_cell_is_due(prepared, tmp_path, isolated_cac
     assert "due (no record yet)" in capsys.readouterr().out
     assert run_grid(grid, **args) == 1  # the cell fails (bad value), the grid says so
     capsys.readouterr()
-    assert run_grid(grid, dry_run=True, **args) == 0
+    assert run_grid(grid, dry_run=True, **args) == 1  # a failed cell waits for --retry-failed, and says why
+    out = capsys.readouterr().out
+    assert "FAILED last time (exit 2" in out and "--retry-failed runs it again" in out
+    assert run_grid(grid, dry_run=True, retry_failed=True, **args) == 0
     assert "due (no record yet; failed last time (exit 2" in capsys.readouterr().out

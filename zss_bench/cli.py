@@ -118,18 +118,56 @@ def cmd_leaderboard(args) -> int:
 
         raise RecordError(f"results folder {args.results} does not exist (pass --results DIR, the folder that holds "
                           "runs/; the project's committed table is --results results)")
+    if args.grid:
+        return _sweep_tables(args)
     runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_skip_printer)
+    if args.config:
+        from fnmatch import fnmatchcase
+
+        runs = runs[[any(fnmatchcase(str(c), pat) for pat in args.config) for c in runs["config"]]]
     table = aggregate(runs)
     reference = None if args.vs.lower() == "none" else args.vs
     if reference:
         table = add_paired_column(table, runs, reference, n_boot=args.n_boot)
     text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference,
                               n_boot=args.n_boot)
+    if args.format != "csv":
+        from zss_bench.records.failed import iter_notes
+        from zss_bench.tables.leaderboard import render_failed
+
+        text += render_failed([note for _, note in iter_notes(args.results, args.protocol)], args.format)
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out} ({len(runs)} runs)")
     else:
         print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def _sweep_tables(args) -> int:
+    """``leaderboard --grid FILE``: the pivot table of each sweep in the file (+ heat-maps of two-key sweeps)."""
+    from zss_bench.records import atomic_write_text
+    from zss_bench.tables.pivot import sweep_pivots
+
+    parts, heatmaps = [], []
+    for grid in args.grid:
+        for pivot in sweep_pivots(grid, args.results, protocol=args.protocol):
+            parts.append(pivot.render(args.format))
+            if args.heatmap and len(pivot.keys) == 2:
+                base = Path(args.heatmap)
+                path = base if not heatmaps else base.with_name(f"{base.stem}-{len(heatmaps) + 1}{base.suffix}")
+                heatmaps.append(pivot.heatmap_png(path))
+    if not parts:
+        print(f"no sweeps declared in {', '.join(args.grid)} (a cell with 'sweep: {{KEY: [v1, v2]}}')", file=sys.stderr)
+        return 1
+    text = "\n".join(parts)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    for path in heatmaps:
+        print(f"wrote {path}")
     return 0
 
 
@@ -144,6 +182,31 @@ def cmd_compare(args) -> int:
         raise RecordError(f"RUN_A and RUN_B are the same run ({a.path}); a paired comparison needs two runs")
     result = compare_runs(a, b, convention=args.convention, n_boot=args.n_boot, seed=args.seed)
     print(json.dumps(result, indent=2) if args.json else render_comparison(result), end="\n")
+    return 0
+
+
+# --- pictures / report --------------------------------------------------------------------
+
+def cmd_plot(args) -> int:
+    from zss_bench.plots import KINDS
+    from zss_bench.plots.make import make_plots
+    from zss_bench.records import resolve_run
+
+    runs = [resolve_run(spec, args.results) for spec in args.runs]
+    paths = make_plots(runs, args.out, KINDS if args.kind == "all" else (args.kind,), n=args.n,
+                       on_note=lambda m: print(f"note: {m}", file=sys.stderr))
+    for path in paths:
+        print(path)
+    return 0 if paths else 1
+
+
+def cmd_report(args) -> int:
+    from zss_bench.report import build_report
+
+    reference = None if args.vs.lower() == "none" else args.vs
+    path = build_report(args.results, args.out, protocol=args.protocol, grids=args.grid, reference=reference,
+                        n_boot=args.n_boot, n=args.n, on_note=_skip_printer)
+    print(f"wrote {path}")
     return 0
 
 
@@ -224,7 +287,8 @@ def cmd_run(args) -> int:
                      overwrite=args.overwrite,
                      num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                      dist_url=args.dist_url, opts=[*args.opts, *(["ZSS.LABEL", args.label] if args.label else [])],
-                     results_root=args.results, work_root=args.work_dir, config_file=args.config)
+                     results_root=args.results, work_root=args.work_dir, config_file=args.config,
+                     save_predictions=args.save_predictions)
     run_dir = run_method(req)
     if args.machine_rank == 0:
         from zss_bench.records import load_run
@@ -248,6 +312,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _unseen_names(rec: dict) -> list[str]:
     try:
         from zss_bench.protocol import load_protocol
@@ -261,7 +336,77 @@ def cmd_grid(args) -> int:
     from zss_bench.engine.grid import run_grid
 
     return run_grid(args.grid, results=args.results, work_dir=args.work_dir, extra=args.opts, data_root=args.data_root,
-                    dry_run=args.dry_run)
+                    dry_run=args.dry_run, executor=_executor(args), retry_failed=args.retry_failed)
+
+
+def cmd_ablate(args) -> int:
+    """A sweep from the command line: the same cells as a grid file declaring it (``--write`` saves that file)."""
+    from zss_bench.engine.grid import run_cells, sweep_cells
+    from zss_bench.engine.sweep import Sweep, SweepError, parse_grid_args, split_values
+    from zss_bench.protocol import load_protocol
+
+    swept = parse_grid_args(args.grid)
+    try:
+        seeds = tuple(int(s) for s in split_values(args.seeds))
+    except ValueError:
+        raise SweepError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    protocol = load_protocol(args.protocol).name
+    sweep = Sweep(args.method, tuple(swept), tuple(tuple(v) for v in swept.values()), seeds, tuple(args.opts or ()))
+    if args.write:
+        _write_sweep_grid(args.write, protocol, sweep)
+    return run_cells(protocol, sweep_cells(sweep), results=args.results, work_dir=args.work_dir, extra=[],
+                     data_root=args.data_root, dry_run=args.dry_run, executor=_executor(args),
+                     retry_failed=args.retry_failed)
+
+
+def _write_sweep_grid(path: str, protocol: str, sweep) -> None:
+    import yaml
+
+    from zss_bench.records.store import atomic_write_text
+
+    cell = {"method": sweep.method, "sweep": {k: list(v) for k, v in zip(sweep.keys, sweep.values)},
+            "seeds": list(sweep.seeds)}
+    if sweep.opts:
+        cell["opts"] = list(sweep.opts)
+    atomic_write_text(path, "# written by zss-bench ablate; `zss-bench grid` on this file runs the same cells\n"
+                      + yaml.safe_dump({"protocol": protocol, "cells": [cell]}, sort_keys=False))
+    print(f"wrote {path}")
+
+
+def _executor(args):
+    """The executor the grid/ablate flags ask for."""
+    from zss_bench.engine.executors import LocalExecutor, SlurmOptions, SubmititExecutor
+
+    if args.executor == "local":
+        return LocalExecutor(args.max_parallel)
+    options = SlurmOptions(partition=args.partition, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                           time_min=args.time, mem_gb=args.mem_gb, account=args.account,
+                           max_parallel=args.max_parallel if args.max_parallel > 1 else 64,
+                           sbatch=list(args.sbatch or []), setup=list(args.setup or []))
+    cluster = {"slurm": "slurm", "submitit-local": "local"}[args.executor]
+    folder = args.submitit_dir or str(Path(args.work_dir) / "submitit" / "%j")
+    return SubmititExecutor(folder, cluster, options, dry_run=args.slurm_dry_run, wait=args.wait)
+
+
+def _add_executor_args(p) -> None:
+    g = p.add_argument_group("where cells run")
+    g.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="local processes (default), a Slurm job array through submitit, or submitit's local executor")
+    g.add_argument("--max-parallel", type=int, default=1, help="cells at once (local: processes; slurm: the array's %%N)")
+    g.add_argument("--retry-failed", action="store_true", help="run only the cells that failed last time")
+    g.add_argument("--partition", help="slurm partition")
+    g.add_argument("--gpus-per-node", type=int, default=1, help="slurm GPUs per cell (a cell uses them through "
+                                                                "detectron2's launcher: add --num-gpus via the cell)")
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--time", type=int, default=240, help="slurm time limit per cell, minutes (default 240)")
+    g.add_argument("--mem-gb", type=float)
+    g.add_argument("--account")
+    g.add_argument("--sbatch", action="append", metavar="FLAG", help="extra sbatch flag, e.g. --sbatch=--qos=high (repeatable)")
+    g.add_argument("--setup", action="append", metavar="LINE", help="shell line run before each cell (module load ...)")
+    g.add_argument("--submitit-dir", help="submitit's folder for scripts and logs (default: <work-dir>/submitit/%%j)")
+    g.add_argument("--wait", action="store_true", help="slurm: block until the cells end and report their exit codes")
+    g.add_argument("--slurm-dry-run", action="store_true",
+                   help="write the sbatch script and job files but do not call sbatch (inspect a submission)")
 
 
 def cmd_reproduce(args) -> int:
@@ -396,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vs", default="chimera", metavar="METHOD",
                    help="reference method of the paired ΔhIoU column (default: chimera; 'none' leaves it out)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the paired column (default 1000)")
+    p.add_argument("--config", nargs="+", metavar="PATTERN", help="only rows whose config label matches a pattern "
+                                                                  "(shell-style: default 'long-1800it*')")
+    p.add_argument("--grid", nargs="+", metavar="FILE", help="pivot tables of the sweeps declared in these grid files "
+                                                             "(rows/columns = swept keys) instead of the leaderboard")
+    p.add_argument("--heatmap", metavar="PNG", help="with --grid: heat-map of each two-key sweep (PNG; -2, -3... for more)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("compare", help="paired bootstrap of two runs on the same images")
@@ -407,6 +557,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("plot", help="pictures of run records: per-class IoU bars, training curves, prediction overlays")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directory, its record.json, or a run id under --results")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (their paths are printed)")
+    p.add_argument("--kind", choices=["per-class", "curves", "overlays", "all"], default="all",
+                   help="per-class: grouped bars of all RUNs per protocol; curves: losses and lr of each run "
+                        "(from the record's metrics.json); overlays: image | ground truth | prediction of the "
+                        "predictions a run saved (--save-predictions); default: all")
+    p.add_argument("--n", type=int, default=4, help="overlays: the first N saved predictions (default: 4)")
+    p.add_argument("--results", default=None, help="where to look up run ids (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed records: --results results)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of leaderboards, pictures and provenance")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/index.html (pictures embedded, works offline)")
+    p.add_argument("--results", default=None, help="results root (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed records: --results results)")
+    p.add_argument("--protocol", help="only this protocol")
+    p.add_argument("--grid", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="grid/sweep YAML(s) whose pivot tables and heat-maps to include")
+    p.add_argument("--vs", default="chimera", metavar="METHOD",
+                   help="reference method of the leaderboard's paired ΔhIoU column (default: chimera; 'none' leaves it out)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the paired column (default 1000)")
+    p.add_argument("--n", type=int, default=4, help="saved predictions shown per run (default: 4)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("prepare", help="check a dataset against a protocol, index it and build its label views")
     p.add_argument("dataset", choices=["voc", "coco-stuff", "context", "synth"])
@@ -447,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run's checkpoints in the output dir "
                    "and start over (without it such a folder is refused)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the last checkpoint (or MODEL.WEIGHTS) only")
+    p.add_argument("--save-predictions", type=_count, default=0, metavar="N",
+                   help="keep the first N test predictions (with ground truth and a small image copy) in the "
+                        "record, for `zss-bench plot --kind overlays` and the report (default: 0)")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs; on CPU: gloo processes)")
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)
@@ -479,7 +655,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset root passed to every cell")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE", help="overrides added to every cell; they extend each cell's label (default -> default+MAX_ITER=20), so such runs never count as the plain cells")
+    _add_executor_args(p)
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("ablate", help="sweep config keys (Cartesian product x seeds), one process per cell")
+    p.add_argument("--method", required=True)
+    p.add_argument("--protocol", required=True)
+    p.add_argument("--grid", nargs="+", required=True, metavar="KEY=v1,v2", help="swept keys and their values")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
+                   help="overrides added to every cell (part of each cell's identity)")
+    p.add_argument("--results", default=None, help="results root (default: $ZSS_BENCH_RESULTS or ./zss-results)")
+    p.add_argument("--work-dir", default="work_dirs")
+    p.add_argument("--data-root", help="dataset root passed to every cell")
+    p.add_argument("--write", metavar="GRID_FILE", help="also write the sweep as a grid file (for `leaderboard --grid`)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    _add_executor_args(p)
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("reproduce", help="re-run the exact cell of a record into a scratch folder and test the difference")
     p.add_argument("run", metavar="RUN", help="run directory, its record.json, or a run id under --results")
@@ -511,6 +703,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.data.synth import SynthWorldError
     from zss_bench.clip.loading import ClipLoadError
     from zss_bench.engine.grid import GridError
+    from zss_bench.engine.sweep import SweepError
     from zss_bench.engine.reproduce import ReproduceError
     from zss_bench.engine.config import ConfigOverrideError
     from zss_bench.engine.run import RunFolderError
@@ -520,9 +713,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from zss_bench.records.store import RecordError
     from zss_bench.plugins import MetaArchitectureError, MethodConfigError, PluginError
     from zss_bench.registry import UnknownNameError
+    from zss_bench.report import ReportError
 
-    return (LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
-            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError, ReproduceError, RunFolderError,
+    return (ReportError, LabelFileError, EvaluationInputError, ProtocolError, RecordError, UnknownNameError, DatasetLayoutError,
+            PrepareError, LeakageError, SynthWorldError, TrainingDiverged, ClipLoadError, GridError, SweepError, ReproduceError, RunFolderError,
             ConfigOverrideError, PluginError, MethodConfigError, MetaArchitectureError)
 
 

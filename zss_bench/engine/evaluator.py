@@ -8,7 +8,8 @@ It is a drop-in evaluator for any detectron2 project (a ZegFormer or zsseg fork)
 registered by ``register_protocol`` it returns ``{"sem_seg": {"mIoU", "mIoU_seen", "mIoU_unseen",
 "hIoU", "pAcc", "IoU-<class>"...}}`` (percent, the protocol's headline convention), so
 ``inference_on_dataset`` and ``DefaultTrainer.test`` print hIoU, and with ``results_dir`` it also
-writes a zss-bench run record.
+writes a zss-bench run record. With ``save_predictions=N`` it keeps the first N predictions it sees
+(loader order; rank 0's shard starts with the dataset's first images) in ``kept`` for the record.
 """
 from __future__ import annotations
 
@@ -20,30 +21,37 @@ from detectron2.utils import comm
 from PIL import Image
 
 from zss_bench.metrics import ConfusionMatrix
+from zss_bench.records.predictions import KeptPrediction, prediction_files
 
 
 class ZSSEvaluator(DatasetEvaluator):
     """Accumulates predictions against the evaluation view (full contiguous ids)."""
 
     def __init__(self, dataset_name: str, results_dir: str | None = None, method: str = "external",
-                 label: str = "detectron2"):
+                 label: str = "detectron2", save_predictions: int = 0):
+        if save_predictions < 0:
+            raise ValueError(f"save_predictions must be >= 0, got {save_predictions}")
         meta = MetadataCatalog.get(dataset_name)
+        self.save_predictions = save_predictions
         self.meta, self.results_dir, self.method, self.label = meta, results_dir, method, label
         self.num_classes, self.ignore_label = len(meta.stuff_classes), meta.ignore_label
         self._gt = {d["file_name"]: (d["sem_seg_file_name"], d.get("image_id")) for d in DatasetCatalog.get(dataset_name)}
         self.cm: ConfusionMatrix | None = None
+        self.kept: list[KeptPrediction] = []
 
     def reset(self):
         self.cm = ConfusionMatrix(self.num_classes, ignore_index=self.ignore_label, track_images=True)
+        self.kept = []
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
-            pred = out["sem_seg"].argmax(dim=0)
+            pred = out["sem_seg"].argmax(dim=0).to("cpu").numpy().astype(np.uint8 if self.num_classes < 256 else np.int32)
             gt_file, image_id = self._gt[inp["file_name"]]
             with Image.open(gt_file) as im:
                 gt = np.array(im)
-            self.cm.update(pred.to("cpu").numpy().astype(np.uint8 if self.num_classes < 256 else np.int32), gt,
-                           image_ids=[str(image_id or inp["file_name"])])
+            self.cm.update(pred, gt, image_ids=[str(image_id or inp["file_name"])])
+            if len(self.kept) < self.save_predictions:
+                self.kept.append(KeptPrediction(inp["file_name"], str(image_id or inp["file_name"]), pred, gt))
 
     def evaluate(self):
         if comm.get_world_size() > 1:
@@ -83,4 +91,7 @@ class ZSSEvaluator(DatasetEvaluator):
                   "method": {"name": self.method, "label": self.label},
                   "inputs": {"dataset": self.meta.name, "n_images": self.cm.num_images},
                   "metrics": score(self.cm, protocol), "provenance": collect_provenance(seed=None)}
-        return write_run(self.results_dir, record, self.cm)
+        files, block = prediction_files(self.kept) if self.kept else ({}, None)
+        if block:
+            record["predictions"] = block
+        return write_run(self.results_dir, record, self.cm, extra_files=files)

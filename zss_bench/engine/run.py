@@ -54,6 +54,7 @@ class RunRequest:
     results_root: str | None = None  # None: $ZSS_BENCH_RESULTS or ./zss-results (never the committed results/)
     work_root: str = "work_dirs"
     config_file: str | None = None  # the method's config YAML (None: picked by protocol, see MethodPlugin.config_file)
+    save_predictions: int = 0  # keep the first N test predictions (with GT and image) in the record, for pictures
 
 
 def default_synth_world_dir() -> Path:
@@ -187,7 +188,7 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         storage = mapper = step_seconds = None
     train_time = time.time() - started
     leakage = _leakage_guard(protocol, audit, cfg, mapper)
-    cm, evaluation = _evaluate(cfg, model, protocol)
+    cm, evaluation, kept = _evaluate(cfg, model, protocol, req.save_predictions)
     if not comm.is_main_process():
         return
     from zss_bench.evaluation import score
@@ -222,8 +223,28 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
     }
     from zss_bench.records.store import default_results_root
 
-    run_dir = write_run(req.results_root or default_results_root(), record, cm)
+    own = trains or ("file" in weights and Path(weights["file"]).resolve().parent == Path(output_dir).resolve())
+    extra = _record_extras(record, output_dir, kept, own_training=own)
+    run_dir = write_run(req.results_root or default_results_root(), record, cm, extra_files=extra)
     (Path(output_dir) / RECORD_POINTER).write_text(str(run_dir))
+
+
+def _record_extras(record: dict, output_dir: str, kept: list, own_training: bool) -> dict:
+    """Files the record keeps for pictures (and names in ``record``): detectron2's ``metrics.json``
+    (the training curves; only when these weights were trained in this output folder, so an imported
+    checkpoint never shows another run's curves) and the kept predictions."""
+    from zss_bench.records.predictions import prediction_files
+    from zss_bench.records.store import CURVES_FILE
+
+    extra: dict = {}
+    curves = Path(output_dir) / "metrics.json"
+    if own_training and curves.is_file() and curves.stat().st_size > 0:
+        extra[CURVES_FILE] = curves
+    record["training"]["curves"] = CURVES_FILE if extra else None
+    if kept:
+        files, record["predictions"] = prediction_files(kept)
+        extra.update(files)
+    return extra
 
 
 def _portable_config(doc: dict, portable_path, portable_spec) -> dict:
@@ -331,8 +352,9 @@ def _train_audit(cfg) -> dict:
     return dict(getattr(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]), "zss_leakage_audit", {}) or {})
 
 
-def _evaluate(cfg, model, protocol: Protocol):
-    """-> (confusion matrix, {images, seconds, peak memory}) of evaluating ``model`` on the test split."""
+def _evaluate(cfg, model, protocol: Protocol, save_predictions: int = 0):
+    """-> (confusion matrix, {images, seconds, peak memory}, the first ``save_predictions`` predictions)
+    of evaluating ``model`` on the test split."""
     from detectron2.data import build_detection_test_loader
     from detectron2.evaluation import inference_on_dataset
 
@@ -340,10 +362,10 @@ def _evaluate(cfg, model, protocol: Protocol):
     from zss_bench.records.efficiency import PeakMemory
 
     model.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
-    evaluator = ZSSEvaluator(cfg.DATASETS.TEST[0])
+    evaluator = ZSSEvaluator(cfg.DATASETS.TEST[0], save_predictions=save_predictions)
     loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
     with PeakMemory(cfg.MODEL.DEVICE) as peak:
         started = time.perf_counter()
         inference_on_dataset(model, loader, evaluator)
         seconds = time.perf_counter() - started
-    return evaluator.cm, {"images": len(loader.dataset), "seconds": seconds, **peak.figures()}
+    return evaluator.cm, {"images": len(loader.dataset), "seconds": seconds, **peak.figures()}, evaluator.kept

@@ -23,6 +23,7 @@ SCHEMA = "zss-bench/run-record"
 SCHEMA_VERSION = 1
 RECORD_FILE = "record.json"
 CONFUSION_FILE = "confusion.npz"
+CURVES_FILE = "metrics.json"  # detectron2's JSON-lines training log, kept beside a trained run's record
 _TMP_MARK = ".tmp-"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -62,11 +63,15 @@ def run_dir_for(results_root: str | Path, record: dict) -> Path:
             / _safe(record["method"]["name"]) / _safe(record["run_id"]))
 
 
-def write_run(results_root: str | Path, record: dict, cm=None) -> Path:
+def write_run(results_root: str | Path, record: dict, cm=None,
+              extra_files: dict[str, Path | bytes] | None = None) -> Path:
     """Atomically create the run directory for ``record`` (and ``cm``'s .npz); return its path.
 
     ``record`` gets ``schema``, ``schema_version``, ``run_id`` and ``created`` filled in if
-    absent. Raises RecordError if the run directory already exists.
+    absent. ``extra_files`` (relative name -> a file to copy or the bytes to write: training
+    curves, saved predictions) are written inside the temporary directory, so they appear
+    together with the record or not at all, and are listed in ``record["files"]["extra"]``.
+    Raises RecordError if the run directory already exists or an extra file is unusable.
     """
     record = dict(record)
     record.setdefault("schema", SCHEMA)
@@ -76,6 +81,7 @@ def write_run(results_root: str | Path, record: dict, cm=None) -> Path:
     for key in ("protocol", "method"):
         if not isinstance(record.get(key), dict) or "name" not in record[key]:
             raise RecordError(f"run record needs a '{key}' block with a 'name'")
+    extra = _check_extra_files(extra_files or {})
     final = run_dir_for(results_root, record)
     if final.exists():
         raise RecordError(f"run directory {final} already exists; refusing to overwrite it")
@@ -86,6 +92,10 @@ def write_run(results_root: str | Path, record: dict, cm=None) -> Path:
         if cm is not None:
             cm.save(tmp / CONFUSION_FILE)
             record.setdefault("files", {})["confusion"] = CONFUSION_FILE
+        for name, source in extra.items():
+            _write_extra(tmp / name, source)
+        if extra:
+            record["files"] = {**record.get("files", {}), "extra": sorted(extra)}
         data = json.dumps(record, indent=2, sort_keys=False, allow_nan=False)
         with open(tmp / RECORD_FILE, "w", encoding="utf-8") as fh:
             fh.write(data + "\n")
@@ -96,6 +106,35 @@ def write_run(results_root: str | Path, record: dict, cm=None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+_RESERVED = {RECORD_FILE, CONFUSION_FILE}
+
+
+def _check_extra_files(extra_files: dict) -> dict[str, Path | bytes]:
+    """Validate ``write_run``'s extra files before anything is written: relative names that stay
+    inside the run directory and do not replace its own files; sources that exist."""
+    checked = {}
+    for name, source in extra_files.items():
+        rel = Path(str(name))
+        if not str(name) or rel.is_absolute() or ".." in rel.parts or rel.as_posix() in _RESERVED:
+            raise RecordError(f"extra file name {name!r}: must be a relative path inside the run directory, "
+                              f"not {' or '.join(sorted(_RESERVED))}")
+        if isinstance(source, (bytes, bytearray)):
+            checked[rel.as_posix()] = bytes(source)
+        elif isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+            checked[rel.as_posix()] = Path(source)
+        else:
+            raise RecordError(f"extra file {name!r}: source {source!r} is neither bytes nor an existing file")
+    return checked
+
+
+def _write_extra(dest: Path, source: Path | bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, bytes):
+        dest.write_bytes(source)
+    else:
+        shutil.copyfile(source, dest)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -112,6 +151,23 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """``atomic_write_text`` for bytes (pictures): a reader sees the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _validate(record, path: Path) -> str | None:

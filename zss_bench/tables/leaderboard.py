@@ -7,6 +7,7 @@ a row's mean never mixes two teachers, e.g. toy CLIPs pretrained on different ma
 """
 from __future__ import annotations
 
+import html
 import warnings
 from typing import Callable
 
@@ -15,7 +16,7 @@ from tabulate import tabulate
 
 from zss_bench.records.store import RecordWarning, iter_runs
 
-FORMATS = ("md", "latex", "csv")
+FORMATS = ("md", "latex", "csv", "html")
 EFFICIENCY = ("params_total", "params_trainable", "test_images_per_s", "peak_memory_mb", "train_step_s")
 TRAINED_HERE, IMPORTED = "trained here", "imported"
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU")
@@ -108,7 +109,7 @@ def _one_run_per_seed(runs: pd.DataFrame, report: Callable[[str], None]) -> pd.D
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, std (ddof=1; NaN for one run) and count per group, sorted by mean hIoU; the efficiency
-    figures' means (NaN where no record has them), the weights' origin and the machines."""
+    figures' medians (NaN where no record has them), the weights' origin and the machines."""
     if runs.empty:
         return pd.DataFrame(columns=_GROUP + ["origin", "runs", "seeds", "machines"]
                             + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + list(EFFICIENCY))
@@ -120,9 +121,9 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     out.insert(1, "seeds", grouped["seed"].agg(lambda x: tuple(sorted(int(v) for v in x if pd.notna(v)))))
     if "machine" in runs:
         out.insert(2, "machines", grouped["machine"].agg(lambda x: tuple(sorted({str(v) for v in x if pd.notna(v) and v}))))
-    for key in EFFICIENCY:
+    for key in EFFICIENCY:  # medians: one run slowed by a neighbouring job must not move the row
         if key in runs:
-            out[key] = grouped[key].mean()
+            out[key] = grouped[key].median()
     out = out.reset_index()
     return out.sort_values(["protocol", "hIoU_mean"], ascending=[True, False], na_position="last").reset_index(drop=True)
 
@@ -150,15 +151,16 @@ def _has(sub: pd.DataFrame, col: str) -> bool:
 
 def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | None = None,
                        reference: str | None = None, n_boot: int = 1000) -> str:
-    """Render ``aggregate``'s output (optionally with ``add_paired_column``'s) as Markdown, LaTeX (booktabs)
-    or CSV. Rows with imported weights get their own table under the harness-trained ones; efficiency
-    columns appear when records carry them, with the machines they were measured on named below."""
+    """Render ``aggregate``'s output (optionally with ``add_paired_column``'s) as Markdown, LaTeX (booktabs),
+    CSV or HTML (escaped ``<table>``s under ``<h4>`` titles, for the report). Rows with imported weights get
+    their own table under the harness-trained ones; efficiency columns appear when records carry them, with
+    the machines they were measured on named below."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
         return table.to_csv(index=False, float_format="%.4f")
     if table.empty:
-        return "(no runs found)\n"
+        return "<p>(no runs found)</p>\n" if fmt == "html" else "(no runs found)\n"
     parts = []
     for (proto, version, phash), sub in table.groupby(["protocol", "protocol_version", "protocol_hash"], sort=True):
         origin = sub["origin"] if "origin" in sub else pd.Series(TRAINED_HERE, index=sub.index)
@@ -193,6 +195,10 @@ def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | N
             if fmt == "md":
                 body = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
                 parts.append(f"### {title}\n\n{body}\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else ""))
+            elif fmt == "html":
+                body = tabulate(rows, headers=headers, tablefmt="html", disable_numparse=True)  # escapes cells
+                parts.append(f"<h4>{html.escape(title)}</h4>\n{body}\n"
+                             + "".join(f'<p class="note">{html.escape(n)}</p>\n' for n in notes))
             else:
                 body = tabulate(rows, headers=headers, tablefmt="latex_booktabs", disable_numparse=True)
                 body = body.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
@@ -212,6 +218,20 @@ def _notes(part: pd.DataFrame, reference: str | None, eff: bool, n_boot: int) ->
         if machines:
             mixed = " (several machines: compare efficiency only between rows of one machine)" \
                 if len(machines) > 1 else ""
-            notes.append("Efficiency (means over runs; n/a: records made before the harness measured it) "
+            notes.append("Efficiency (medians over runs; n/a: records made before the harness measured it) "
                          f"measured on: {'; '.join(machines)}{mixed}.")
     return notes
+
+
+def render_failed(notes: list[dict], fmt: str = "md") -> str:
+    """The failed cells (notes under ``<results>/failed/``): listed, never averaged into a row."""
+    if not notes:
+        return ""
+    rows = [[n.get("protocol", "?"), n.get("method", "?"), n.get("label", "?"), n.get("seed", "?"), n.get("exit"),
+             n.get("when", ""), n.get("log", "")] for n in notes]
+    headers = ["protocol", "method", "config", "seed", "exit", "when", "log"]
+    if fmt == "md":
+        return ("\n### Failed cells (no record; not in any mean; `--retry-failed` runs them again)\n\n"
+                + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
+    return "\n% Failed cells (no record; not in any mean)\n" + tabulate(rows, headers=headers, tablefmt="latex_booktabs",
+                                                                         disable_numparse=True) + "\n"

@@ -1,0 +1,90 @@
+"""Assemble the report page: one section per protocol (leaderboard, per-class bars, prediction overlays,
+records with their provenance), then the sweeps, then what was skipped; written atomically."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from zss_bench import __version__
+from zss_bench.records.store import LoadedRun, RecordError, atomic_write_text, load_run
+from zss_bench.report import ReportError
+from zss_bench.report.html import esc, note, page
+
+INDEX = "index.html"
+
+
+def _anchor(name: str) -> str:
+    return "p-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name)
+
+
+def build_report(results_root: str | Path, out: str | Path, protocol: str | None = None, grids=(),
+                 reference: str | None = "chimera", n_boot: int = 1000, n: int = 4,
+                 on_note: Callable[[str], None] | None = None) -> Path:
+    """Write ``out/index.html`` from the records under ``results_root``; return its path. Skipped files and
+    undrawable pictures are listed on the page and passed to ``on_note``."""
+    from zss_bench.report.leaderboard import leaderboard_html
+    from zss_bench.report.runs import overlays_html, per_class_html, provenance_html
+    from zss_bench.report.sweeps import sweeps_html
+    from zss_bench.tables import collect_runs
+
+    results_root = Path(results_root)
+    if not results_root.is_dir():
+        raise RecordError(f"results folder {results_root} does not exist (pass --results DIR, the folder that "
+                          "holds runs/; the project's committed records are --results results)")
+    if protocol:
+        from zss_bench.protocol import load_protocol
+
+        load_protocol(protocol)  # an unknown name -> did-you-mean error before any work
+    grids = [str(g) for g in grids]
+    for grid in grids:
+        if not Path(grid).is_file():
+            raise ReportError(f"--grid {grid}: no such file")
+    if n < 1:
+        raise ReportError(f"--n must be at least 1, got {n}")
+    notes: list[str] = []
+
+    def report(message: str) -> None:
+        notes.append(message)
+        if on_note:
+            on_note(message)
+
+    runs = collect_runs(results_root, protocol=protocol, on_skip=report)
+    loaded: dict[str, LoadedRun] = {}
+
+    def load(path: str) -> LoadedRun:
+        if path not in loaded:
+            loaded[path] = load_run(path)
+        return loaded[path]
+
+    protocols = sorted(runs["protocol"].unique()) if not runs.empty else []
+    body = ["<h1>zss-bench report</h1>",
+            note(f"Built {datetime.now(timezone.utc).isoformat(timespec='seconds')} by zss-bench {__version__} from "
+                 f"{len(runs)} run record(s) under {results_root}"
+                 + (f" (protocol {protocol})" if protocol else "")
+                 + ". Every number and picture comes from the records; nothing was re-run.")]
+    if protocols or grids:
+        links = [f'<a href="#{_anchor(p)}">{esc(p)}</a>' for p in protocols]
+        links += ['<a href="#sweeps">sweeps</a>'] if grids else []
+        body.append(f"<nav>{' '.join(links)}</nav>")
+    if not protocols:
+        body.append(note(f"No run records under {results_root}" + (f" for protocol {protocol}." if protocol else ".")))
+    for name in protocols:
+        sub = runs[runs["protocol"] == name].reset_index(drop=True)
+        records = [load(p) for p in sub.sort_values(["method", "config", "seed", "run_id"])["path"]]
+        body += [f'<h2 id="{_anchor(name)}">{esc(name)}</h2>',
+                 "<h3>Leaderboard</h3>", leaderboard_html(sub, reference, n_boot),
+                 "<h3>Per-class IoU</h3>", per_class_html(sub, load),
+                 "<h3>Predictions</h3>", overlays_html(records, n, report),
+                 f"<h3>Records ({len(records)})</h3>",
+                 note("Click a record for its provenance, CLIP, training and protocol blocks."),
+                 provenance_html(records)]
+    if grids:
+        body += ['<h2 id="sweeps">Sweeps</h2>', sweeps_html(grids, str(results_root), protocol)]
+    if notes:
+        items = "".join(f"<li>{esc(m)}</li>" for m in notes)
+        body.append(f'<h2>Skipped</h2><ul class="note warn">{items}</ul>')
+    path = Path(out) / INDEX
+    atomic_write_text(path, page("zss-bench report", "\n".join(body)))
+    return path
