@@ -75,13 +75,14 @@ class Pivot:
         ax.set_title(f"{self.title} — {self.metric}", fontsize=9)
         fig.colorbar(im, ax=ax, label=f"{self.metric} (%)")
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
+        import io
+
+        from zss_bench.records.store import atomic_write_bytes
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
         plt.close(fig)
-        tmp.replace(path)  # atomic: a reader never sees half a PNG
-        return path
+        return atomic_write_bytes(path, buf.getvalue())  # a reader never sees half a PNG
 
 
 def _ordered(cells: pd.DataFrame, key: str) -> list[str]:
