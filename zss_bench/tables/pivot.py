@@ -72,7 +72,11 @@ class Pivot:
         ax.set_yticks(range(len(rows)), rows)
         ax.set_xlabel(self.keys[1])
         ax.set_ylabel(self.keys[0])
-        ax.set_title(f"{self.title} — {self.metric}", fontsize=9)
+        import textwrap
+
+        # ~11 characters of 9-pt text per inch, so a long sweep name wraps instead of running off the figure
+        width = max(20, int(fig.get_figwidth() * 11))
+        ax.set_title(textwrap.fill(f"{self.title} — {self.metric}", width), fontsize=9)
         fig.colorbar(im, ax=ax, label=f"{self.metric} (%)")
         fig.tight_layout()
         import io
