@@ -320,7 +320,7 @@ def test_grid_extra_overrides_extend_the_label():
 
 def test_grid_with_opts_does_not_mark_the_plain_cell_done(prepared, tmp_path, isolated_cache, capsys):
     from run_helpers import TINY
-    from zss_bench.engine.grid import Cell, _done, run_grid
+    from zss_bench.engine.grid import Cell, _done, load_records, run_grid
     from zss_bench.protocol import load_protocol
     from zss_bench.records.store import iter_runs
 
@@ -333,7 +333,7 @@ def test_grid_with_opts_does_not_mark_the_plain_cell_done(prepared, tmp_path, is
     assert label != "default" and label.startswith("default+") and label.endswith("MAX_ITER=2")
     assert run.record["method"]["config"]["SOLVER"]["MAX_ITER"] == 2
     phash = load_protocol("synth-15-5").content_hash
-    assert not _done(args["results"], "synth-15-5", phash, Cell("seen-only", 0, "default"))
+    assert not _done(load_records(args["results"]), "synth-15-5", phash, Cell("seen-only", 0, "default"))
     capsys.readouterr()
     assert run_grid(grid, dry_run=True, **args) == 0  # the full cell is still due
     assert "seen-only [default] seed 0: due (no record yet)" in capsys.readouterr().out

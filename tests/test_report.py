@@ -165,3 +165,18 @@ def test_report_errors_name_the_option_or_folder(results, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
     page = _report(capsys, results, tmp_path / "v", "--protocol", "voc-15-5")
     assert "No run records under" in page.inside("p") and page.count("table") == 0
+
+
+def test_report_lists_failed_cells_apart_from_the_means(results, tmp_path, capsys):
+    from zss_bench.records.failed import note_path, write_note
+
+    log = tmp_path / "cell.log"
+    log.write_text("step 1\nRuntimeError: <out of memory>\n")
+    identity = {"protocol": "synth-15-5", "method": "chimera", "label": "SAM.WEIGHT=4.0", "seed": 2}
+    write_note(note_path(results, "synth-15-5", "chimera", "SAM.WEIGHT=4.0", 2), identity, -9, log, ["zss-bench", "run"])
+    page = _report(capsys, results, tmp_path / "site")
+    assert "Failed cells" in page.inside("h4")
+    assert page.count("table") == 2  # the leaderboard, then the failed cells: never a row of it
+    failed_table = (tmp_path / "site" / "index.html").read_text(encoding="utf-8").split("Failed cells", 1)[1]
+    assert "SAM.WEIGHT=4.0" in failed_table and "-9" in failed_table and str(log) in failed_table
+    assert "SAM.WEIGHT=4.0" not in page.inside("summary")  # no record of it: no provenance entry

@@ -212,7 +212,7 @@ def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolat
 
 
 def test_grid_counts_a_cell_done_only_with_the_same_clip_weights(prepared, tmp_path, isolated_cache, capsys):
-    from zss_bench.engine.grid import _clip_spec, _done, load_grid, run_grid, with_extra_overrides
+    from zss_bench.engine.grid import _clip_spec, _done, load_grid, load_records, run_grid, with_extra_overrides
     from zss_bench.protocol import load_protocol
     from zss_bench.records.store import iter_runs
 
@@ -230,9 +230,10 @@ def test_grid_counts_a_cell_done_only_with_the_same_clip_weights(prepared, tmp_p
     assert _clip_spec(cell.opts) == "zss-micro-vit:random" and cell.label == rec["method"]["label"]
     phash = load_protocol("synth-15-5").content_hash
     same, other = rec["clip"]["weights_hash"], "0" * 64
-    assert _done(str(tmp_path / "results"), "synth-15-5", phash, cell, lambda: same)
-    assert not _done(str(tmp_path / "results"), "synth-15-5", phash, cell, lambda: other)  # another teacher: due
-    assert _done(str(tmp_path / "results"), "synth-15-5", phash, cell)  # no CLIP check asked for
+    records = load_records(str(tmp_path / "results"))
+    assert _done(records, "synth-15-5", phash, cell, lambda: same)
+    assert not _done(records, "synth-15-5", phash, cell, lambda: other)  # another teacher: due
+    assert _done(records, "synth-15-5", phash, cell)  # no CLIP check asked for
 
 
 def test_default_output_dir_is_per_dataset_root(prepared, tmp_path, isolated_cache):

@@ -197,3 +197,7 @@ def test_ablate_rejects_bad_seeds_and_keys(capsys):
     assert rc != 0 and "--seeds" in err
     rc, _, err = run_cli(capsys, "ablate", "--method", "seen-only", "--protocol", "synth-15-5", "--grid", "x=1")
     assert rc != 0 and "not a config key" in err
+    with pytest.raises(SystemExit) as exc:  # argparse's usage error, before any cell is built
+        run_cli(capsys, "ablate", "--method", "seen-only", "--protocol", "synth-15-5", "--grid", "MODEL.X=1",
+                "--max-parallel", "0")
+    assert exc.value.code == 2 and "--max-parallel: expected a whole number >= 1, got '0'" in capsys.readouterr().err

@@ -312,15 +312,19 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+def _at_least(minimum: int):
+    """argparse type: a whole number >= ``minimum`` (a clear usage error, not a traceback, otherwise)."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+
+    return whole
 
 
 def _unseen_names(rec: dict) -> list[str]:
@@ -392,7 +396,7 @@ def _add_executor_args(p) -> None:
     g = p.add_argument_group("where cells run")
     g.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
                    help="local processes (default), a Slurm job array through submitit, or submitit's local executor")
-    g.add_argument("--max-parallel", type=int, default=1, help="cells at once (local: processes; slurm: the array's %%N)")
+    g.add_argument("--max-parallel", type=_at_least(1), default=1, help="cells at once (local: processes; slurm: the array's %%N)")
     g.add_argument("--retry-failed", action="store_true", help="run only the cells that failed last time")
     g.add_argument("--partition", help="slurm partition")
     g.add_argument("--gpus-per-node", type=int, default=1, help="slurm GPUs per cell (a cell uses them through "
@@ -620,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="delete an earlier run's checkpoints in the output dir "
                    "and start over (without it such a folder is refused)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the last checkpoint (or MODEL.WEIGHTS) only")
-    p.add_argument("--save-predictions", type=_count, default=0, metavar="N",
+    p.add_argument("--save-predictions", type=_at_least(0), default=0, metavar="N",
                    help="keep the first N test predictions (with ground truth and a small image copy) in the "
                         "record, for `zss-bench plot --kind overlays` and the report (default: 0)")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs; on CPU: gloo processes)")

@@ -166,16 +166,21 @@ def with_extra_overrides(cells: list[Cell], extra: list[str]) -> list[Cell]:
                  None if c.eval_of is None else f"{c.eval_of}+{suffix}", c.swept, c.sweep) for c in cells]
 
 
-def _find(results: str, protocol: str, protocol_hash: str, method: str, label: str, seed: int,
+def load_records(results: str) -> list[dict]:
+    """Every readable run record under ``results``, read once per pass (a grid phase, a pivot table), so
+    looking up each of its cells does not re-read the whole results folder."""
+    return [run.record for run in iter_runs(results, on_skip=lambda m: None)]
+
+
+def _find(records: list[dict], protocol: str, protocol_hash: str, method: str, label: str, seed: int,
           clip_hash=None, config_hash: str | None = None) -> dict | None:
-    """The newest run record of (protocol at this hash, method, label, seed), if any; with
+    """The newest of ``records`` (see :func:`load_records`) of (protocol at this hash, method, label, seed), if any; with
     ``config_hash`` (sweep cells) the resolved config's hash stands in for the label, so a swept
     point equal to the defaults finds the ``default`` run. With ``clip_hash`` (a no-argument
     callable), a record that used CLIP weights with another hash does not count; records of
     methods without CLIP always count."""
     found = None
-    for run in iter_runs(results, on_skip=lambda m: None):
-        rec = run.record
+    for rec in records:
         same = (rec["method"].get("config_hash") == config_hash if config_hash
                 else rec["method"].get("label") == label)
         if (rec["protocol"]["name"] == protocol and rec["protocol"].get("hash") == protocol_hash
@@ -188,15 +193,15 @@ def _find(results: str, protocol: str, protocol_hash: str, method: str, label: s
     return found
 
 
-def _done(results: str, protocol: str, protocol_hash: str, cell: Cell, clip_hash=None) -> bool:
-    return _find(results, protocol, protocol_hash, cell.method, cell.label, cell.seed, clip_hash,
+def _done(records: list[dict], protocol: str, protocol_hash: str, cell: Cell, clip_hash=None) -> bool:
+    return _find(records, protocol, protocol_hash, cell.method, cell.label, cell.seed, clip_hash,
                  cell.config_hash) is not None
 
 
-def _base_weights(results: str, protocol: str, protocol_hash: str, cell: Cell, clip_hash=None) -> Path:
+def _base_weights(records: list[dict], protocol: str, protocol_hash: str, cell: Cell, clip_hash=None) -> Path:
     """The final checkpoint of the cell that ``cell`` re-evaluates, or a GridError saying why not.
     Only a checkpoint trained with the same CLIP weights qualifies: its head was built on them."""
-    base = _find(results, protocol, protocol_hash, cell.method, cell.eval_of, cell.seed, clip_hash)
+    base = _find(records, protocol, protocol_hash, cell.method, cell.eval_of, cell.seed, clip_hash)
     if base is None:
         raise GridError(f"no record of {cell.method} [{cell.eval_of}] seed {cell.seed} to re-evaluate; "
                         f"put that cell before [{cell.label}] in the grid")
@@ -243,13 +248,13 @@ def run_cells(protocol: str, cells: list[Cell], *, results: str | None = None, w
     failures, total = 0, len(cells)
     index = {id(c): i for i, c in enumerate(cells, 1)}
     for phase in ([c for c in cells if c.eval_of is None], [c for c in cells if c.eval_of is not None]):
-        jobs = []
+        jobs, records = [], load_records(results)  # phase 2 sees the records phase 1 wrote
         for cell in phase:
             tag = f"[{index[id(cell)]}/{total}] {cell.method} [{cell.label}] seed {cell.seed}"
             spec = _clip_spec([*cell.opts, *(extra or [])])
             clip_hash = lambda spec=spec: clip_weights(spec)  # noqa: E731  (lazy: only if a record has a CLIP)
             note = note_path(results, protocol, cell.method, cell.label, cell.seed)
-            if _done(results, protocol, protocol_hash, cell, clip_hash):
+            if _done(records, protocol, protocol_hash, cell, clip_hash):
                 print(f"{tag}: record exists, skipped", flush=True)
                 continue
             failed = _failed_note(note)
@@ -261,7 +266,7 @@ def run_cells(protocol: str, cells: list[Cell], *, results: str | None = None, w
             if failed is None and retry_failed:
                 print(f"{tag}: not failed, not run (--retry-failed runs only failed cells)", flush=True)
                 continue
-            stale = _done(results, protocol, protocol_hash, cell)  # a record, but made with other CLIP weights
+            stale = _done(records, protocol, protocol_hash, cell)  # a record, but made with other CLIP weights
             # an interrupted cell continues and a finished one is re-evaluated; a checkpoint trained with
             # another teacher is never continued or re-scored with this one: that cell starts over
             flags, weights = (["--overwrite"] if stale else ["--resume"]), []
@@ -271,7 +276,7 @@ def run_cells(protocol: str, cells: list[Cell], *, results: str | None = None, w
             if cell.eval_of is not None:
                 flags = ["--eval-only"]
                 try:
-                    weights = ["MODEL.WEIGHTS", str(_base_weights(results, protocol, protocol_hash, cell, clip_hash))]
+                    weights = ["MODEL.WEIGHTS", str(_base_weights(records, protocol, protocol_hash, cell, clip_hash))]
                 except GridError as exc:
                     if not dry_run:
                         failures += 1

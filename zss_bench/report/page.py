@@ -24,10 +24,12 @@ def build_report(results_root: str | Path, out: str | Path, protocol: str | None
                  on_note: Callable[[str], None] | None = None) -> Path:
     """Write ``out/index.html`` from the records under ``results_root``; return its path. Skipped files and
     undrawable pictures are listed on the page and passed to ``on_note``."""
+    from zss_bench.records.failed import iter_notes
     from zss_bench.report.leaderboard import leaderboard_html
     from zss_bench.report.runs import overlays_html, per_class_html, provenance_html
     from zss_bench.report.sweeps import sweeps_html
     from zss_bench.tables import collect_runs
+    from zss_bench.tables.leaderboard import render_failed
 
     results_root = Path(results_root)
     if not results_root.is_dir():
@@ -75,6 +77,7 @@ def build_report(results_root: str | Path, out: str | Path, protocol: str | None
         records = [load(p) for p in sub.sort_values(["method", "config", "seed", "run_id"])["path"]]
         body += [f'<h2 id="{_anchor(name)}">{esc(name)}</h2>',
                  "<h3>Leaderboard</h3>", leaderboard_html(sub, reference, n_boot),
+                 render_failed([n for _, n in iter_notes(results_root, name)], "html"),
                  "<h3>Per-class IoU</h3>", per_class_html(sub, load),
                  "<h3>Predictions</h3>", overlays_html(records, n, report),
                  f"<h3>Records ({len(records)})</h3>",

@@ -233,5 +233,8 @@ def render_failed(notes: list[dict], fmt: str = "md") -> str:
     if fmt == "md":
         return ("\n### Failed cells (no record; not in any mean; `--retry-failed` runs them again)\n\n"
                 + tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n")
+    if fmt == "html":
+        return ("<h4>Failed cells (no record; not in any mean; <code>--retry-failed</code> runs them again)</h4>\n"
+                + tabulate(rows, headers=headers, tablefmt="html", disable_numparse=True) + "\n")  # escapes cells
     return "\n% Failed cells (no record; not in any mean)\n" + tabulate(rows, headers=headers, tablefmt="latex_booktabs",
                                                                          disable_numparse=True) + "\n"

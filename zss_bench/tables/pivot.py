@@ -48,22 +48,22 @@ class Pivot:
         """A heat-map of the means (annotated mean ± std, n) for a two-key sweep; None otherwise."""
         if len(self.keys) != 2:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from zss_bench.plots.common import new_figure, save_png, wrap
 
         rows, cols = _ordered(self.cells, self.keys[0]), _ordered(self.cells, self.keys[1])
         grid = self.cells.set_index(self.keys)
         values = [[grid["mean"].get((r, c), math.nan) for c in cols] for r in rows]
-        fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(cols), 1.2 + 0.9 * len(rows)), dpi=120)
+        fig = new_figure(1.6 + 1.5 * len(cols), 1.2 + 0.9 * len(rows))
+        ax = fig.add_subplot()
         im = ax.imshow(values, cmap="viridis", aspect="auto")
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
                 mean = values[i][j]
                 n = int(grid["runs"].get((r, c), 0))
                 failed = int(grid["failed"].get((r, c), 0))
-                text = "no runs" if math.isnan(mean) else f"{mean:.1f}\n±{grid['std'].get((r, c), 0) or 0:.1f} (n={n})"
+                std = grid["std"].get((r, c), math.nan)
+                spread = "" if math.isnan(std) else f"±{std:.1f} "  # one run has no spread
+                text = "no runs" if math.isnan(mean) else f"{mean:.1f}\n{spread}(n={n})"
                 if failed:
                     text += f"\n{failed} failed"
                 bright = not math.isnan(mean) and mean > (im.norm.vmin + im.norm.vmax) / 2
@@ -72,21 +72,10 @@ class Pivot:
         ax.set_yticks(range(len(rows)), rows)
         ax.set_xlabel(self.keys[1])
         ax.set_ylabel(self.keys[0])
-        import textwrap
-
         # ~11 characters of 9-pt text per inch, so a long sweep name wraps instead of running off the figure
-        width = max(20, int(fig.get_figwidth() * 11))
-        ax.set_title(textwrap.fill(f"{self.title} — {self.metric}", width), fontsize=9)
+        ax.set_title(wrap(f"{self.title} — {self.metric}", max(20, int(fig.get_figwidth() * 11))), fontsize=9)
         fig.colorbar(im, ax=ax, label=f"{self.metric} (%)")
-        fig.tight_layout()
-        import io
-
-        from zss_bench.records.store import atomic_write_bytes
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        return atomic_write_bytes(path, buf.getvalue())  # a reader never sees half a PNG
+        return save_png(fig, path)  # atomic: a reader never sees half a PNG
 
 
 def _ordered(cells: pd.DataFrame, key: str) -> list[str]:
@@ -98,7 +87,8 @@ def sweep_pivots(grid_file: str | Path, results_root: str | Path, protocol: str 
                  metric: str = "hIoU", check_clip: bool = True) -> list[Pivot]:
     """One :class:`Pivot` per sweep declared in ``grid_file`` (none: an empty list). ``check_clip``: count only
     records made with the CLIP weights the cells would load now, as the runner does."""
-    from zss_bench.engine.grid import ClipWeights, _clip_spec, _find, load_sweeps, resolve_config_hashes, sweep_cells
+    from zss_bench.engine.grid import (ClipWeights, _clip_spec, _find, load_records, load_sweeps, resolve_config_hashes,
+                                      sweep_cells)
     from zss_bench.protocol import load_protocol
     from zss_bench.records.failed import note_path
 
@@ -107,6 +97,7 @@ def sweep_pivots(grid_file: str | Path, results_root: str | Path, protocol: str 
         return []
     proto = load_protocol(name)
     clip_weights = ClipWeights(proto)
+    records = load_records(str(results_root))
     pivots = []
     for sweep in sweeps:
         cells = sweep_cells(sweep)
@@ -117,7 +108,7 @@ def sweep_pivots(grid_file: str | Path, results_root: str | Path, protocol: str 
             clip_hash = (lambda spec=spec: clip_weights(spec)) if check_clip else None
             row = rows.setdefault(tuple(cell.swept[k] for k in sweep.keys),
                                   {**cell.swept, "values": [], "seeds": [], "failed": 0, "label": cell.label})
-            rec = _find(str(results_root), name, proto.content_hash, cell.method, cell.label, cell.seed, clip_hash,
+            rec = _find(records, name, proto.content_hash, cell.method, cell.label, cell.seed, clip_hash,
                         cell.config_hash)
             if rec is not None:
                 value = rec["metrics"].get(metric)
@@ -127,21 +118,11 @@ def sweep_pivots(grid_file: str | Path, results_root: str | Path, protocol: str 
             elif note_path(results_root, name, cell.method, cell.label, cell.seed).is_file():
                 row["failed"] += 1
         table = pd.DataFrame([{**{k: r[k] for k in sweep.keys}, "label": r["label"],
-                               "mean": _mean(r["values"]), "std": _std(r["values"]), "runs": len(r["values"]),
+                               "mean": pd.Series(r["values"], dtype=float).mean(),
+                               "std": pd.Series(r["values"], dtype=float).std(), "runs": len(r["values"]),
                                "failed": r["failed"], "seeds": " ".join(map(str, r["seeds"]))} for r in rows.values()])
         pivots.append(Pivot(f"{name}: {sweep.title}", list(sweep.keys), metric, _display(table, list(sweep.keys)), table))
     return pivots
-
-
-def _mean(v: list[float]) -> float:
-    return sum(v) / len(v) if v else math.nan
-
-
-def _std(v: list[float]) -> float:
-    if len(v) < 2:
-        return math.nan
-    m = _mean(v)
-    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
 
 
 def _text(row) -> str:
