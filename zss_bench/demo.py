@@ -10,7 +10,9 @@ printed afterwards for reference.
 """
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,25 @@ WORLD_SEED, N_TRAIN, N_VAL = 0, 2000, 300  # the same world the committed synth-
 DEMO_ITERS = 300
 QUICK_CLIP = "zss-micro-vit:random"  # tests: an untrained micro CLIP, so no pretraining
 REFERENCE_TABLE = Path(__file__).resolve().parents[1] / "results" / f"{PROTOCOL}.md"
+MARKER = ".zss-bench-demo"  # written first into a demo folder: only a folder holding it is ever cleared
+
+
+class DemoFolderError(ValueError):
+    """``--out`` names a folder the demo did not write: it is never cleared."""
+
+
+def prepare_out(out: Path) -> None:
+    """Clear ``out`` for a new demo only if an earlier demo wrote it (its marker file); an empty or
+    missing folder is used as is; anything else is refused, so ``--out ~/thesis`` deletes nothing."""
+    if out.exists() and not out.is_dir():
+        raise DemoFolderError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise DemoFolderError(f"--out {out} is not empty and was not written by `zss-bench demo` (no {MARKER} "
+                                  "in it); refusing to clear it: pass a new or empty folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"written_by": "zss-bench demo", "started": time.time()}) + "\n")
 
 
 def _say(*argv: str) -> int:
@@ -45,8 +66,11 @@ def run_demo(out: Path, quick: bool = False) -> int:
           "  full schedule); the teacher is the shipped toy CLIP zss-toy-vit:synth-v1 (no pretraining).")
     if quick:
         print(f"  QUICK MODE (tests): tiny world and an untrained CLIP ({QUICK_CLIP}); numbers mean nothing.")
-    if out.exists():
-        shutil.rmtree(out)
+    try:
+        prepare_out(out)
+    except (DemoFolderError, OSError) as exc:
+        print(f"zss-bench demo: error: {exc}", file=sys.stderr)
+        return 2
     world, results = out / "synth-world", out / "results"
     n_train, n_val = (16, 8) if quick else (N_TRAIN, N_VAL)
     steps = [("protocols",),

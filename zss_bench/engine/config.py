@@ -1,13 +1,12 @@
 """Assemble a run's detectron2 config: defaults + zss keys + method keys + method/protocol
-file + command-line overrides, then the protocol-derived fields nobody may override."""
+file + command-line overrides, then the protocol-derived fields nobody may override.
+
+Import-light: detectron2 (and with it torch) is imported by the functions that build configs, so
+``zss_bench.engine.preflight`` can use this module's errors and messages in well under a second."""
 from __future__ import annotations
 
 import hashlib
 import json
-
-import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
-from detectron2.config import CfgNode as CN
-from detectron2.config import get_cfg
 
 from zss_bench.engine.labels import NOT_HASHED as _NOT_HASHED  # keys outside the config hash (see there)
 from zss_bench.engine.labels import overrides_label
@@ -32,7 +31,7 @@ def declare_method_choices(prefix: str, choices: dict) -> None:
 def _check_choices(cfg) -> None:
     from zss_bench.registry import suggest
 
-    flat = _flat_keys(cfg)
+    flat = flat_keys(cfg)
     for key, options in _CHOICES.items():
         if key in flat and flat[key] not in options:
             close = suggest(str(flat[key]), options, n=1, cutoff=0.5)
@@ -43,6 +42,9 @@ def _check_choices(cfg) -> None:
 
 def add_zss_config(cfg) -> None:
     """Keys every zss-bench run has (documented in the README)."""
+    import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+    from detectron2.config import CfgNode as CN
+
     cfg.ZSS = CN()
     cfg.ZSS.METHOD = ""
     cfg.ZSS.PROTOCOL = ""
@@ -68,35 +70,55 @@ class ConfigOverrideError(ValueError):
     """A KEY VALUE override that does not fit the config: the message names the key and the fix."""
 
 
-def _flat_keys(node, prefix: str = "") -> dict:
+def flat_keys(node, prefix: str = "") -> dict:
+    """{dotted KEY: value} of every leaf of a config node."""
     out = {}
     for key, value in node.items():
-        if isinstance(value, CN):
-            out.update(_flat_keys(value, f"{prefix}{key}."))
+        if isinstance(value, dict):  # yacs' CfgNode is a dict subclass
+            out.update(flat_keys(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
 
 
+def unknown_key_message(key: str, known) -> str:
+    """The one-line error for an override of a key the config does not have (with "did you mean")."""
+    from zss_bench.registry import suggest
+
+    known = list(known)
+    parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    close = suggest(key, [k for k in known if k.startswith(parent)] or known, n=1, cutoff=0.5) \
+        or suggest(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown config key {key}{hint} (`zss-bench run ... KEY VALUE` sets keys of the method's resolved config)"
+
+
+def _coerce(default, value):
+    """A whole number for a float key is that float (``SOLVER.BASE_LR 30``); yacs alone refuses the int."""
+    if isinstance(default, float) and not isinstance(default, bool):
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            return value
+        return repr(float(number))
+    return value
+
+
 def apply_overrides(cfg, opts: list[str]) -> None:
     """``cfg.merge_from_list(opts)`` with one-line errors instead of yacs tracebacks: an odd
     count, an unknown key (with "did you mean"), a value of the wrong type (with the expected one)."""
-    from zss_bench.registry import suggest
-
     if len(opts) % 2:
         raise ConfigOverrideError(f"overrides must be KEY VALUE pairs; got {len(opts)} items and "
                                   f"'{opts[-1]}' has no value")
-    known = _flat_keys(cfg)
+    known = flat_keys(cfg)
     for key, value in zip(opts[::2], opts[1::2]):
+        if str(key).startswith("--"):
+            raise ConfigOverrideError(f"option {key} after the KEY VALUE overrides: options go before the overrides "
+                                      f"(zss-bench run --method M --protocol P {key} ... KEY VALUE ...)")
         if key not in known:
-            parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-            close = suggest(key, [k for k in known if k.startswith(parent)] or known, n=1, cutoff=0.5) \
-                or suggest(key, known, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise ConfigOverrideError(f"unknown config key {key}{hint} (`zss-bench run ... KEY VALUE` sets "
-                                      "keys of the method's resolved config)")
+            raise ConfigOverrideError(unknown_key_message(key, known))
         try:
-            cfg.merge_from_list([key, value])
+            cfg.merge_from_list([key, _coerce(known[key], value)])
         except (ValueError, AssertionError, SyntaxError) as exc:
             default = known[key]
             raise ConfigOverrideError(
@@ -107,6 +129,9 @@ def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root:
                      opts: list[str] | None = None, config_file: str | None = None):
     """The frozen config of one run of ``plugin`` on ``protocol`` (``config_file``: the method config
     YAML to use instead of the one picked for the protocol)."""
+    import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+    from detectron2.config import get_cfg
+
     cfg = get_cfg()
     add_zss_config(cfg)
     plugin.add_config(cfg)

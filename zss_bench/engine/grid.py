@@ -115,6 +115,28 @@ def sweep_cells(sweep: Sweep) -> list[Cell]:
             for point in sweep_points(sweep) for seed in sweep.seeds]
 
 
+def check_cells(protocol: str, cells: list[Cell], extra: list[str] | None = None, verb: str = "grid") -> None:
+    """Every cell's method, seed, keys and values are valid (``engine.preflight``: no torch, well under a
+    second with the method's cached config schema), before any cell runs or any config is built."""
+    from zss_bench.engine.config import ConfigOverrideError
+    from zss_bench.engine.preflight import UsageError, check_overrides, check_seed
+    from zss_bench.plugins import get_method
+
+    load_protocol(protocol)  # did-you-mean on a typo
+    checked: set = set()
+    for cell in cells:
+        what = f"cell {cell.method} [{cell.label}] seed {cell.seed}"
+        opts = [*cell.opts, *(extra or [])]
+        try:
+            check_seed(cell.seed, "seed")
+            plugin = get_method(cell.method)
+            if (cell.method, tuple(opts)) not in checked:
+                check_overrides(plugin, opts, verb)
+                checked.add((cell.method, tuple(opts)))
+        except (ConfigOverrideError, UsageError) as exc:
+            raise GridError(f"{what}: {exc}") from None
+
+
 def resolve_config_hashes(protocol: Protocol, cells: list[Cell], extra: list[str] | None = None) -> None:
     """Give each sweep cell the hash of the config it would run with (its identity; no model is built)."""
     from zss_bench.engine.config import build_run_config, config_hash
@@ -241,6 +263,7 @@ def run_cells(protocol: str, cells: list[Cell], *, results: str | None = None, w
     results = results or default_results_root()
     executor = executor or LocalExecutor(1)
     cells = with_extra_overrides(cells, extra or [])
+    check_cells(protocol, cells, extra)
     proto = load_protocol(protocol)
     protocol_hash = proto.content_hash  # an edited protocol makes every cell due again
     resolve_config_hashes(proto, cells, extra)

@@ -1,0 +1,134 @@
+"""``methods``, ``toy-clip`` and ``demo``: the method plugins, the toy CLIP teacher and the demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from zss_bench.cli.common import _one_line
+
+
+def cmd_methods(args) -> int:
+    """Every plugin that imports, with its declarations; one that does not is listed as broken (with
+    its error) instead of ending the listing. Exit 0 while at least one method works."""
+    from zss_bench.plugins import get_method, list_methods
+
+    rows = []
+    for name in list_methods():
+        try:
+            plugin = get_method(name)
+        except Exception as exc:  # noqa: BLE001  (a broken plugin only breaks itself)
+            rows.append({"name": name, "error": _one_line(exc)})
+            continue
+        readme = Path(plugin.config_dir).parent / "README.md"
+        rows.append({"name": name, "description": plugin.description, "trains": plugin.trains,
+                     "readme": _shown_path(readme) if readme.is_file() else None,
+                     "uses_clip": plugin.uses_clip, "text_classifier": plugin.text_classifier,
+                     "train_mapper": plugin.train_mapper, "meta_architecture": plugin.meta_architecture})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            if "error" in r:
+                print(f"{r['name']:<16} BROKEN: {r['error']}")
+                continue
+            kind = "trains" if r["trains"] else "training-free"
+            clip = "CLIP" if r["uses_clip"] else "no CLIP"
+            text = f"text classifier: {r['text_classifier']}"
+            print(f"{r['name']:<16} {kind:<13} {clip:<7} {text:<35} {r['description']}")
+            print(f"{'':<16} README: {r['readme'] or '(none)'}")
+    return 0 if any("error" not in r for r in rows) else 1
+
+
+# --- toy CLIP ------------------------------------------------------------------------------
+
+def _shown_path(path: Path) -> str:
+    """Relative to the working folder when inside it (``methods/chimera/README.md`` in a checkout)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def cmd_toy_pretrain(args) -> int:
+    from zss_bench.clip.toy import pretrain_toy_clip
+
+    overrides = {"steps": args.steps, "batch_size": args.batch_size}
+    path, info = pretrain_toy_clip(seed=args.seed, cache=not args.force, progress=not args.json,
+                                   **{k: v for k, v in overrides.items() if v is not None})
+    from zss_bench.clip.shipped import reference_toy_spec
+    from zss_bench.records.paths import portable_path
+
+    if args.json:
+        print(json.dumps({k: v for k, v in info.items() if k != "loss_curve"}, indent=2))
+    else:
+        from zss_bench.clip.loading import file_sha256
+
+        ev = info.get("eval", {})
+        print(f"toy CLIP checkpoint: {path} (weights {file_sha256(path)[:12]}...)\n  trained in "
+              f"{info.get('train_time_s', '?')} s, final loss {info.get('final_loss', '?')}; zero-shot accuracy "
+              f"overall {ev.get('overall', 'n/a')} / seen {ev.get('seen', 'n/a')} / unseen {ev.get('unseen', 'n/a')} %\n"
+              f"  use it with --clip {info['config']['model']}:{path}\n  (this never replaces the shipped reference "
+              f"teacher {reference_toy_spec()}; records name the weights hash either way; "
+              f"cache path {portable_path(path)})")
+    return 0
+
+
+def cmd_toy_eval(args) -> int:
+    from zss_bench.clip import load_clip
+    from zss_bench.clip.text_embeddings import TextEncoderAudit
+    from zss_bench.clip.toy import DEFAULT_MODEL, evaluate_toy_clip
+
+    clip = load_clip(args.clip or DEFAULT_MODEL)  # bare name = the shipped reference tag
+    result = evaluate_toy_clip(clip, protocol_name=args.protocol, n_per_class=args.n_per_class,
+                               prompt_kind=args.prompts, audit=TextEncoderAudit())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{clip.spec}: zero-shot accuracy on single-object {args.protocol} images ({result['n']} images): "
+              f"overall {result['overall']:.1f}%, seen {result['seen']:.1f}%, unseen {result['unseen']:.1f}%\n"
+              f"  weights sha256 {clip.weights_hash}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from zss_bench.demo import run_demo
+
+    return run_demo(Path(args.out))
+
+
+
+
+def add_toy_clip(sub) -> None:
+    """The ``toy-clip`` verb."""
+    p = sub.add_parser("toy-clip", help="the tiny CLIP learned offline on the synthetic world")
+    toy = p.add_subparsers(dest="toy_command", required=True, metavar="SUBCOMMAND")
+    t = toy.add_parser("pretrain", help="train (or reuse from the cache) the toy CLIP")
+    t.add_argument("--world", choices=["synth"], default="synth", help="caption world (only synth exists)")
+    t.add_argument("--steps", type=int, help="training steps (default: the toy CLIP config's)")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint matches")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_toy_pretrain)
+    t = toy.add_parser("eval", help="zero-shot classification of single-object synthetic images")
+    t.add_argument("--clip", help="CLIP spec (default: zss-toy-vit, i.e. the shipped reference tag zss-toy-vit:synth-v1)")
+    t.add_argument("--protocol", default="synth-15-5")
+    t.add_argument("--n-per-class", type=int, default=50)
+    t.add_argument("--prompts", choices=["single", "ensemble"], help="prompt kind (default: the protocol's)")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_toy_eval)
+
+
+def add_methods_demo(sub) -> None:
+    """The ``methods`` and ``demo`` verbs."""
+    p = sub.add_parser("methods", help="list the method plugins")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("demo", help="the end-to-end job on the embedded synthetic protocol")
+    p.add_argument("--out", default="build/demo", help="scratch folder for the demo (default: build/demo)")
+    p.set_defaults(func=cmd_demo)

@@ -1,0 +1,168 @@
+"""``leaderboard``, ``compare``, ``plot`` and ``report``: tables and pictures from run records."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from zss_bench.cli.common import _skip_printer
+
+
+def cmd_leaderboard(args) -> int:
+    from zss_bench.records import atomic_write_text
+    from zss_bench.tables import add_paired_column, aggregate, collect_runs, render_leaderboard
+
+    if args.protocol:
+        from zss_bench.protocol import load_protocol
+
+        load_protocol(args.protocol)  # unknown name -> did-you-mean error
+    if not Path(args.results).is_dir():
+        from zss_bench.records.store import RecordError
+
+        raise RecordError(f"results folder {args.results} does not exist (pass --results DIR, the folder that holds "
+                          "runs/; the project's committed table is --results results)")
+    if args.grid:
+        return _sweep_tables(args)
+    runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_skip_printer)
+    if args.config:
+        from fnmatch import fnmatchcase
+
+        runs = runs[[any(fnmatchcase(str(c), pat) for pat in args.config) for c in runs["config"]]]
+    table = aggregate(runs)
+    reference = None if args.vs.lower() == "none" else args.vs
+    if reference:
+        table = add_paired_column(table, runs, reference, n_boot=args.n_boot)
+    text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference,
+                              n_boot=args.n_boot)
+    if args.format != "csv":
+        from zss_bench.records.failed import iter_notes
+        from zss_bench.tables.leaderboard import render_failed
+
+        text += render_failed([note for _, note in iter_notes(args.results, args.protocol)], args.format)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out} ({len(runs)} runs)")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def _sweep_tables(args) -> int:
+    """``leaderboard --grid FILE``: the pivot table of each sweep in the file (+ heat-maps of two-key sweeps)."""
+    from zss_bench.records import atomic_write_text
+    from zss_bench.tables.pivot import sweep_pivots
+
+    parts, heatmaps = [], []
+    for grid in args.grid:
+        for pivot in sweep_pivots(grid, args.results, protocol=args.protocol):
+            parts.append(pivot.render(args.format))
+            if args.heatmap and len(pivot.keys) == 2:
+                base = Path(args.heatmap)
+                path = base if not heatmaps else base.with_name(f"{base.stem}-{len(heatmaps) + 1}{base.suffix}")
+                heatmaps.append(pivot.heatmap_png(path))
+    if not parts:
+        print(f"no sweeps declared in {', '.join(args.grid)} (a cell with 'sweep: {{KEY: [v1, v2]}}')", file=sys.stderr)
+        return 1
+    text = "\n".join(parts)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    for path in heatmaps:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from zss_bench.records import resolve_run
+    from zss_bench.tables import compare_runs, render_comparison
+
+    a, b = resolve_run(args.run_a, args.results), resolve_run(args.run_b, args.results)
+    if a.path.resolve() == b.path.resolve():
+        from zss_bench.records.store import RecordError
+
+        raise RecordError(f"RUN_A and RUN_B are the same run ({a.path}); a paired comparison needs two runs")
+    result = compare_runs(a, b, convention=args.convention, n_boot=args.n_boot, seed=args.seed)
+    print(json.dumps(result, indent=2) if args.json else render_comparison(result), end="\n")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from zss_bench.plots import KINDS
+    from zss_bench.plots.make import make_plots
+    from zss_bench.records import resolve_run
+
+    runs = [resolve_run(spec, args.results) for spec in args.runs]
+    paths = make_plots(runs, args.out, KINDS if args.kind == "all" else (args.kind,), n=args.n,
+                       on_note=lambda m: print(f"note: {m}", file=sys.stderr))
+    for path in paths:
+        print(path)
+    return 0 if paths else 1
+
+
+def cmd_report(args) -> int:
+    from zss_bench.report import build_report
+
+    reference = None if args.vs.lower() == "none" else args.vs
+    path = build_report(args.results, args.out, protocol=args.protocol, grids=args.grid, reference=reference,
+                        n_boot=args.n_boot, n=args.n, on_note=_skip_printer)
+    print(f"wrote {path}")
+    return 0
+
+
+
+
+def add_tables(sub) -> None:
+    """The ``leaderboard``, ``compare``, ``plot`` and ``report`` verbs."""
+    p = sub.add_parser("leaderboard", help="mean ± std per method over the run records")
+    p.add_argument("--results", default=None, help="results root (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed table: --results results)")
+    p.add_argument("--protocol", help="only this protocol")
+    p.add_argument("--convention", choices=["mmseg", "detectron2"], help="absent-class convention (default: each protocol's headline)")
+    p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    p.add_argument("--out", metavar="FILE", help="write the table to FILE (atomically) instead of stdout")
+    p.add_argument("--vs", default="chimera", metavar="METHOD",
+                   help="reference method of the paired ΔhIoU column (default: chimera; 'none' leaves it out)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the paired column (default 1000)")
+    p.add_argument("--config", nargs="+", metavar="PATTERN", help="only rows whose config label matches a pattern "
+                                                                  "(shell-style: default 'long-1800it*')")
+    p.add_argument("--grid", nargs="+", metavar="FILE", help="pivot tables of the sweeps declared in these grid files "
+                                                             "(rows/columns = swept keys) instead of the leaderboard")
+    p.add_argument("--heatmap", metavar="PNG", help="with --grid: heat-map of each two-key sweep (PNG; -2, -3... for more)")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("compare", help="paired bootstrap of two runs on the same images")
+    p.add_argument("run_a", metavar="RUN_A", help="run directory or run id")
+    p.add_argument("run_b", metavar="RUN_B", help="run directory or run id")
+    p.add_argument("--results", default=None, help="where to look up run ids (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed table: --results results)")
+    p.add_argument("--convention", choices=["mmseg", "detectron2"])
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("plot", help="pictures of run records: per-class IoU bars, training curves, prediction overlays")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directory, its record.json, or a run id under --results")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (their paths are printed)")
+    p.add_argument("--kind", choices=["per-class", "curves", "overlays", "all"], default="all",
+                   help="per-class: grouped bars of all RUNs per protocol; curves: losses and lr of each run "
+                        "(from the record's metrics.json); overlays: image | ground truth | prediction of the "
+                        "predictions a run saved (--save-predictions); default: all")
+    p.add_argument("--n", type=int, default=4, help="overlays: the first N saved predictions (default: 4)")
+    p.add_argument("--results", default=None, help="where to look up run ids (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed records: --results results)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of leaderboards, pictures and provenance")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/index.html (pictures embedded, works offline)")
+    p.add_argument("--results", default=None, help="results root (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed records: --results results)")
+    p.add_argument("--protocol", help="only this protocol")
+    p.add_argument("--grid", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="grid/sweep YAML(s) whose pivot tables and heat-maps to include")
+    p.add_argument("--vs", default="chimera", metavar="METHOD",
+                   help="reference method of the leaderboard's paired ΔhIoU column (default: chimera; 'none' leaves it out)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the paired column (default 1000)")
+    p.add_argument("--n", type=int, default=4, help="saved predictions shown per run (default: 4)")
+    p.set_defaults(func=cmd_report)

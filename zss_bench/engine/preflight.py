@@ -1,0 +1,161 @@
+"""Usage errors before the heavy imports: a typo in a method name, a config key, a value's type, a seed
+or an option written after the overrides is refused in well under a second, not after torch and
+detectron2 (2–3 s) and a synthetic world (10 s) were loaded.
+
+Key names and default types come from the method's *config schema*: every key of its resolved
+detectron2 config with its default, built once by the real ``build_run_config`` path and cached as
+JSON under the zss-bench cache, keyed by a digest of the code that defines the keys (``engine/``,
+``modeling/``, the plugin's package and the detectron2 version). A stale schema is never used, and
+with no cached schema the check falls back to the full build (slow, but it then caches the schema).
+The full build still runs later and stays the authority: this module only moves the errors earlier.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+from zss_bench.registry import suggest
+
+SEED_LIMIT = 2 ** 32  # numpy's SeedSequence/legacy seeding range, which detectron2's seed_all_rng uses
+_ENGINE = Path(__file__).resolve().parent
+_MODELING = _ENGINE.parent / "modeling"
+
+
+class UsageError(ValueError):
+    """A command line that cannot run as written (one line: what is wrong and how to write it)."""
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise UsageError(f"{flag} {seed}: a seed must be a whole number from 0 to {SEED_LIMIT - 1} (2^32 - 1)")
+    return int(seed)
+
+
+def check_override_pairs(opts: list[str], verb: str = "run") -> None:
+    """KEY VALUE pairs only: an ``--option`` among them was meant for the command, not the config."""
+    for item in opts[::2]:
+        if str(item).startswith("--"):
+            raise UsageError(f"option {item} after the KEY VALUE overrides: options go before the overrides "
+                             f"(zss-bench {verb} --method M --protocol P {item} ... KEY VALUE ...)")
+    if len(opts) % 2:
+        raise UsageError(f"overrides must be KEY VALUE pairs; got {len(opts)} items and '{opts[-1]}' has no value")
+
+
+def _digest(plugin) -> str:
+    """Of everything that can change a method's keys or their defaults."""
+    h = hashlib.sha256()
+    for version in ("zss-bench", "detectron2", "pb1-detectron2"):
+        try:
+            h.update(f"{version}={metadata.version(version)};".encode())
+        except metadata.PackageNotFoundError:
+            pass
+    folders = [_ENGINE, _MODELING, Path(plugin.config_dir).resolve().parent]
+    for folder in folders:
+        for path in sorted(folder.glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    h.update(plugin.name.encode())
+    return h.hexdigest()[:16]
+
+
+def _schema_path(plugin) -> Path:
+    from zss_bench.cache import cache_path
+
+    return cache_path("config-schema", f"{plugin.name}-{_digest(plugin)}.json")
+
+
+def _build_schema(plugin) -> dict:
+    """{KEY: default} of the method's config before any file or override (the slow, real path)."""
+    from zss_bench.engine.config import add_zss_config, config_dict, flat_keys
+    import zss_bench.detectron2_compat  # noqa: F401
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_zss_config(cfg)
+    plugin.add_config(cfg)
+    flat = flat_keys(cfg)
+    doc = config_dict(cfg)  # JSON-safe values (tuples as lists)
+    out = {}
+    for key in flat:
+        node = doc
+        for part in key.split("."):
+            node = node[part]
+        out[key] = {"type": type(flat[key]).__name__, "default": node}
+    return out
+
+
+def config_schema(plugin) -> dict:
+    """The method's {KEY: {"type", "default"}}, from the cache when the code behind it is unchanged."""
+    path = _schema_path(plugin)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    schema = _build_schema(plugin)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(schema))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs speed
+        pass
+    return schema
+
+
+def _literal(value: str):
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, TypeError):
+        return value
+
+
+def value_fits(expected: str, value: str) -> bool:
+    """Would yacs accept ``value`` for a key whose default has type ``expected`` (as
+    :func:`zss_bench.engine.config.apply_overrides` coerces: a whole number for a float key is fine)."""
+    got = type(_literal(value)).__name__
+    if expected in ("NoneType",) or got == expected:
+        return True
+    if expected == "float" and got == "int":
+        return True
+    return {expected, got} <= {"tuple", "list"}
+
+
+def check_overrides(plugin, opts: list[str], verb: str = "run") -> None:
+    """Every KEY is a key of ``plugin``'s config and every VALUE fits its type (one-line errors)."""
+    check_override_pairs(opts, verb)
+    if not opts:
+        return
+    schema = config_schema(plugin)
+    from zss_bench.engine.config import ConfigOverrideError, unknown_key_message
+
+    for key, value in zip(opts[::2], opts[1::2]):
+        if key not in schema:
+            raise ConfigOverrideError(unknown_key_message(key, schema))
+        entry = schema[key]
+        if not value_fits(entry["type"], str(value)):
+            raise ConfigOverrideError(f"{key} expects {entry['type']} (default {entry['default']!r}), got {value!r}")
+        if key == "ZSS.N_BOOT" and isinstance(_literal(str(value)), int) and _literal(str(value)) < 0:
+            raise ConfigOverrideError(f"ZSS.N_BOOT {value}: bootstrap resamples must be >= 0 (0 = no intervals)")
+
+
+def check_run_request(method: str, protocol: str, *, opts: list[str], seed: int = 0, config_file: str | None = None,
+                      verb: str = "run"):
+    """Everything about a ``run`` that can be checked without torch: -> (plugin, protocol)."""
+    from zss_bench.plugins import get_method
+    from zss_bench.protocol import load_protocol
+
+    check_seed(seed)
+    check_override_pairs(list(opts), verb)
+    plugin = get_method(method)
+    proto = load_protocol(protocol)
+    if config_file and not Path(config_file).expanduser().is_file():
+        from zss_bench.engine.config import ConfigOverrideError
+
+        raise ConfigOverrideError(f"--config {config_file}: no such file (a method config YAML, e.g. "
+                                  f"{plugin.config_dir}/default.yaml)")
+    check_overrides(plugin, list(opts), verb)
+    return plugin, proto
