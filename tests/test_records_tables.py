@@ -164,37 +164,55 @@ def test_provenance_has_versions_and_git():
     assert prov["versions"]["numpy"] and prov["device"]["cpu_count"]
 
 
-def test_leaderboard_never_averages_runs_with_different_clip_weights(tmp_path):
-    def record(run_id, seed, clip_hash, h):
-        block = {"mIoU_seen": 50.0, "mIoU_unseen": 30.0, "hIoU": h, "pAcc": 60.0, "mIoU": 45.0}
-        return {"run_id": run_id, "kind": "run", "protocol": {"name": "synth-15-5", "version": 1, "hash": "abc"},
-                "method": {"name": "m", "label": "default"}, "provenance": {"seed": seed},
-                "clip": None if clip_hash is None else {"weights_hash": clip_hash},
-                "metrics": {"convention": "mmseg", "conventions": {"mmseg": block}}}
+def _scored(run_id: str, seed: int, clip_hash, p_wrong: float, label: str = "default", method: str = "m"):
+    """A synth-15-5 run record whose metrics come from a real confusion matrix (tables check them against it)."""
+    from zss_bench.evaluation import score
+    from zss_bench.metrics import ConfusionMatrix
+    from zss_bench.protocol import load_protocol
 
-    for i, (clip_hash, h) in enumerate([("aaaa1111ffff", 40.0), ("aaaa1111ffff", 42.0), ("bbbb2222ffff", 50.0), (None, 1.0)]):
-        write_run(tmp_path, record(f"r{i}", i, clip_hash, h))
+    proto = load_protocol("synth-15-5")
+    rng = np.random.default_rng(int(p_wrong * 1000) + seed)
+    cm = ConfusionMatrix(20)
+    for i in range(6):
+        gt = np.random.default_rng(i).integers(0, 20, (12, 12))
+        cm.update(np.where(rng.random(gt.shape) < p_wrong, rng.integers(0, 20, gt.shape), gt), gt,
+                  image_ids=[f"img{i}"])
+    rec = {"run_id": run_id, "kind": "run",
+           "protocol": {"name": proto.name, "version": proto.version, "hash": proto.content_hash},
+           "method": {"name": method, "label": label}, "provenance": {"seed": seed},
+           "clip": None if clip_hash is None else {"weights_hash": clip_hash},
+           "metrics": score(cm, proto, n_boot=0)}
+    return rec, cm
+
+
+def test_leaderboard_never_averages_runs_with_different_clip_weights(tmp_path):
+    his = {}
+    for i, (clip_hash, p) in enumerate([("aaaa1111ffff", 0.2), ("aaaa1111ffff", 0.3), ("bbbb2222ffff", 0.4),
+                                        (None, 0.9)]):
+        rec, cm = _scored(f"r{i}", i, clip_hash, p)
+        his.setdefault(str(clip_hash or "-")[:8], []).append(rec["metrics"]["hIoU"])
+        write_run(tmp_path, rec, cm)
     table = aggregate(collect_runs(tmp_path, on_skip=lambda m: None))
     rows = {r.clip: (int(r.runs), r.hIoU_mean) for r in table.itertuples()}
-    assert rows == {"aaaa1111": (2, 41.0), "bbbb2222": (1, 50.0), "-": (1, 1.0)}
+    assert rows == {k: (len(v), pytest.approx(np.mean(v))) for k, v in his.items()}
+    assert set(rows) == {"aaaa1111", "bbbb2222", "-"}
     text = render_leaderboard(table)
     assert "CLIP weights" in text and "aaaa1111" in text and "bbbb2222" in text
 
 
 def test_leaderboard_counts_one_run_per_seed_and_warns_about_duplicates(tmp_path):
-    def record(run_id, seed, h):
-        block = {"mIoU_seen": 50.0, "mIoU_unseen": 30.0, "hIoU": h, "pAcc": 60.0, "mIoU": 45.0}
-        return {"run_id": run_id, "kind": "run", "protocol": {"name": "synth-15-5", "version": 1, "hash": "abc"},
-                "method": {"name": "m", "label": "default"}, "provenance": {"seed": seed}, "clip": None,
-                "metrics": {"convention": "mmseg", "conventions": {"mmseg": block}}}
-
-    write_run(tmp_path, record("20261201-000000-aaaaaa", 0, 40.0))
-    write_run(tmp_path, record("20261202-000000-bbbbbb", 0, 44.0))  # seed 0 again, newer
-    write_run(tmp_path, record("20261201-000000-cccccc", 1, 50.0))
+    runs = [("20261201-000000-aaaaaa", 0, 0.5), ("20261202-000000-bbbbbb", 0, 0.2),  # seed 0 again, newer
+            ("20261201-000000-cccccc", 1, 0.3)]
+    h = {}
+    for run_id, seed, p in runs:
+        rec, cm = _scored(run_id, seed, None, p)
+        h[run_id] = rec["metrics"]["hIoU"]
+        write_run(tmp_path, rec, cm)
     said = []
     table = aggregate(collect_runs(tmp_path, on_skip=said.append))
     row = table.iloc[0]
-    assert int(row.runs) == 2 and row.hIoU_mean == pytest.approx(47.0)  # newest seed 0 (44) and seed 1 (50)
+    assert int(row.runs) == 2  # the newest seed 0 and seed 1
+    assert row.hIoU_mean == pytest.approx((h["20261202-000000-bbbbbb"] + h["20261201-000000-cccccc"]) / 2)
     assert len(said) == 1 and "duplicate run of m [default] seed 0" in said[0]
     assert "20261202-000000-bbbbbb" in said[0] and "20261201-000000-aaaaaa" in said[0]
 

@@ -116,7 +116,7 @@ def _fake_pivot_module(calls: list):
             Image.new("RGB", (40, 30), (200, 30, 30)).save(path)
             return Path(path)
 
-    def sweep_pivots(grid_file, results_root, protocol=None):
+    def sweep_pivots(grid_file, results_root, protocol=None, on_skip=None):
         calls.append((grid_file, results_root, protocol))
         return [FakePivot("synth-15-5: a x b", ["a", "b"]), FakePivot("synth-15-5: c", ["c"])]
 

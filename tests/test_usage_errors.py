@@ -145,3 +145,13 @@ def test_prepare_workers_default_fits_the_machine():
 
     args = build_parser().parse_args(["prepare", "synth"])
     assert 1 <= args.workers <= min(4, os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "--protocol", "synth-15-5", "--pred-dir", "p", "--gt-dir", "g", "--n-boot", "-5"],
+    ["leaderboard", "--n-boot", "0"], ["compare", "a", "b", "--n-boot", "-1"], ["report", "--out", "x", "--n-boot", "0"],
+    ["reproduce", "r", "--n-boot", "-3"]])
+def test_negative_bootstrap_counts_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_cli(capsys, *argv)
+    assert info.value.code == 2 and "--n-boot: expected a whole number" in capsys.readouterr().err

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-
 import hashlib
+import json
+import sys
 
 
 def _config_hash(config: dict) -> str:

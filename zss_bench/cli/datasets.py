@@ -1,12 +1,8 @@
 """``protocols``, ``prepare`` and ``synth``: the protocol definitions and the datasets they read."""
 from __future__ import annotations
 
-import argparse
-import os
 import json
-import sys
-import time
-from datetime import datetime, timezone
+import os
 from pathlib import Path
 
 from zss_bench.cli.common import _at_least

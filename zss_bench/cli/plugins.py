@@ -1,11 +1,7 @@
 """``methods``, ``toy-clip`` and ``demo``: the method plugins, the toy CLIP teacher and the demo."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from zss_bench.cli.common import _one_line

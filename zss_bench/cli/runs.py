@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from zss_bench.cli.common import _at_least, _unseen_names
@@ -224,7 +221,7 @@ def add_sweeps(sub) -> None:
                                  "never inside the results root")
     p.add_argument("--data-root", help="the record's dataset, if it is elsewhere on this machine")
     p.add_argument("--clip-override", metavar="SPEC", help="load the record's CLIP from here (it must have the recorded hash)")
-    p.add_argument("--n-boot", type=int, default=1000, help="paired-bootstrap resamples (default: 1000)")
+    p.add_argument("--n-boot", type=_at_least(1), default=1000, help="paired-bootstrap resamples (default: 1000)")
     p.add_argument("--dry-run", action="store_true", help="check that a faithful re-run is possible and print it; run nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reproduce)

@@ -1,14 +1,11 @@
 """``leaderboard``, ``compare``, ``plot`` and ``report``: tables and pictures from run records."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from zss_bench.cli.common import _skip_printer
+from zss_bench.cli.common import _at_least
 
 
 def cmd_leaderboard(args) -> int:
@@ -24,9 +21,10 @@ def cmd_leaderboard(args) -> int:
 
         raise RecordError(f"results folder {args.results} does not exist (pass --results DIR, the folder that holds "
                           "runs/; the project's committed table is --results results)")
+    _check_outputs(args)
     if args.grid:
         return _sweep_tables(args)
-    runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_skip_printer)
+    runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_warn)
     if args.config:
         from fnmatch import fnmatchcase
 
@@ -34,7 +32,7 @@ def cmd_leaderboard(args) -> int:
     table = aggregate(runs)
     reference = None if args.vs.lower() == "none" else args.vs
     if reference:
-        table = add_paired_column(table, runs, reference, n_boot=args.n_boot)
+        table = add_paired_column(table, runs, reference, n_boot=args.n_boot, on_note=_warn)
     text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference,
                               n_boot=args.n_boot)
     if args.format != "csv":
@@ -50,6 +48,20 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _check_outputs(args) -> None:
+    """Every file the command will write, checked before any work (a read-only --out is one line at second 0)."""
+    from zss_bench.records.writable import check_writable_file
+
+    if args.out:
+        check_writable_file(args.out, "--out")
+    if args.heatmap:
+        check_writable_file(args.heatmap, "--heatmap")
+
+
 def _sweep_tables(args) -> int:
     """``leaderboard --grid FILE``: the pivot table of each sweep in the file (+ heat-maps of two-key sweeps)."""
     from zss_bench.records import atomic_write_text
@@ -57,7 +69,7 @@ def _sweep_tables(args) -> int:
 
     parts, heatmaps = [], []
     for grid in args.grid:
-        for pivot in sweep_pivots(grid, args.results, protocol=args.protocol):
+        for pivot in sweep_pivots(grid, args.results, protocol=args.protocol, on_skip=_warn):
             parts.append(pivot.render(args.format))
             if args.heatmap and len(pivot.keys) == 2:
                 base = Path(args.heatmap)
@@ -109,7 +121,7 @@ def cmd_report(args) -> int:
 
     reference = None if args.vs.lower() == "none" else args.vs
     path = build_report(args.results, args.out, protocol=args.protocol, grids=args.grid, reference=reference,
-                        n_boot=args.n_boot, n=args.n, on_note=_skip_printer)
+                        n_boot=args.n_boot, n=args.n, on_note=_warn)
     print(f"wrote {path}")
     return 0
 
@@ -126,9 +138,11 @@ def add_tables(sub) -> None:
     p.add_argument("--out", metavar="FILE", help="write the table to FILE (atomically) instead of stdout")
     p.add_argument("--vs", default="chimera", metavar="METHOD",
                    help="reference method of the paired ΔhIoU column (default: chimera; 'none' leaves it out)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the paired column (default 1000)")
-    p.add_argument("--config", nargs="+", metavar="PATTERN", help="only rows whose config label matches a pattern "
-                                                                  "(shell-style: default 'long-1800it*')")
+    p.add_argument("--n-boot", type=_at_least(1), default=1000, help="bootstrap resamples of the paired column (default 1000)")
+    p.add_argument("--config", nargs="+", metavar="PATTERN",
+                   help="only rows whose config label matches one of these shell-style patterns (without "
+                        "--config: every row); e.g. --config default 'long-1800it*' keeps the default and "
+                        "1,800-iteration rows")
     p.add_argument("--grid", nargs="+", metavar="FILE", help="pivot tables of the sweeps declared in these grid files "
                                                              "(rows/columns = swept keys) instead of the leaderboard")
     p.add_argument("--heatmap", metavar="PNG", help="with --grid: heat-map of each two-key sweep (PNG; -2, -3... for more)")
@@ -139,7 +153,7 @@ def add_tables(sub) -> None:
     p.add_argument("run_b", metavar="RUN_B", help="run directory or run id")
     p.add_argument("--results", default=None, help="where to look up run ids (default: $ZSS_BENCH_RESULTS or ./zss-results; the committed table: --results results)")
     p.add_argument("--convention", choices=["mmseg", "detectron2"])
-    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--n-boot", type=_at_least(1), default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
@@ -163,6 +177,6 @@ def add_tables(sub) -> None:
                    help="grid/sweep YAML(s) whose pivot tables and heat-maps to include")
     p.add_argument("--vs", default="chimera", metavar="METHOD",
                    help="reference method of the leaderboard's paired ΔhIoU column (default: chimera; 'none' leaves it out)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the paired column (default 1000)")
+    p.add_argument("--n-boot", type=_at_least(1), default=1000, help="bootstrap resamples of the paired column (default 1000)")
     p.add_argument("--n", type=int, default=4, help="saved predictions shown per run (default: 4)")
     p.set_defaults(func=cmd_report)

@@ -21,6 +21,7 @@ from detectron2.utils import comm
 from PIL import Image
 
 from zss_bench.metrics import ConfusionMatrix
+from zss_bench.records.fingerprint import fingerprint_dataset, image_id_of
 from zss_bench.records.predictions import KeptPrediction, prediction_files
 
 
@@ -35,7 +36,7 @@ class ZSSEvaluator(DatasetEvaluator):
         self.save_predictions = save_predictions
         self.meta, self.results_dir, self.method, self.label = meta, results_dir, method, label
         self.num_classes, self.ignore_label = len(meta.stuff_classes), meta.ignore_label
-        self._gt = {d["file_name"]: (d["sem_seg_file_name"], d.get("image_id")) for d in DatasetCatalog.get(dataset_name)}
+        self._gt = {d["file_name"]: (d["sem_seg_file_name"], image_id_of(d)) for d in DatasetCatalog.get(dataset_name)}
         self.cm: ConfusionMatrix | None = None
         self.kept: list[KeptPrediction] = []
 
@@ -49,9 +50,9 @@ class ZSSEvaluator(DatasetEvaluator):
             gt_file, image_id = self._gt[inp["file_name"]]
             with Image.open(gt_file) as im:
                 gt = np.array(im)
-            self.cm.update(pred, gt, image_ids=[str(image_id or inp["file_name"])])
+            self.cm.update(pred, gt, image_ids=[image_id])
             if len(self.kept) < self.save_predictions:
-                self.kept.append(KeptPrediction(inp["file_name"], str(image_id or inp["file_name"]), pred, gt))
+                self.kept.append(KeptPrediction(inp["file_name"], image_id, pred, gt))
 
     def evaluate(self):
         if comm.get_world_size() > 1:
@@ -82,6 +83,11 @@ class ZSSEvaluator(DatasetEvaluator):
                              f"{self.meta.zss_protocol_hash[:12]}, but that protocol now hashes {protocol.short_hash}")
         return protocol
 
+    def test_set(self) -> dict:
+        """The fingerprint of the ground truth this evaluator scored (the ids of its per-image statistics), for
+        ``record["dataset"]["test_set"]``. Call after ``evaluate`` (on the main process)."""
+        return fingerprint_dataset(self.meta.name, image_ids=self.cm.image_stats.ids)
+
     def _write_record(self, protocol):
         from zss_bench.evaluation import score
         from zss_bench.records import collect_provenance, write_run
@@ -90,6 +96,7 @@ class ZSSEvaluator(DatasetEvaluator):
                                                     "hash": protocol.content_hash},
                   "method": {"name": self.method, "label": self.label},
                   "inputs": {"dataset": self.meta.name, "n_images": self.cm.num_images},
+                  "dataset": {"name": self.meta.name, "test_set": self.test_set()},
                   "metrics": score(self.cm, protocol), "provenance": collect_provenance(seed=None)}
         files, block = prediction_files(self.kept) if self.kept else ({}, None)
         if block:

@@ -16,6 +16,7 @@ from zss_bench.data.masks import LabelFileError, read_label_png, to_contiguous
 from zss_bench.data.parallel import bounded_map
 from zss_bench.metrics import ConfusionMatrix
 from zss_bench.protocol import Protocol
+from zss_bench.records.fingerprint import fingerprint_block, gt_digest
 
 _SHOW_STEMS = 5
 
@@ -32,7 +33,9 @@ class DirectoryEvaluation:
     gt_dir: Path
     image_ids: list[str]
     missing: list[str] = field(default_factory=list)  # GT stems scored as all-wrong (no prediction)
-    extra: list[str] = field(default_factory=list)  # prediction stems with no GT (not scored)
+    extra: list[str] = field(default_factory=list)  # prediction stems with no GT file at all (not scored)
+    unlisted: list[str] = field(default_factory=list)  # prediction stems with GT, left out by --image-list
+    test_set: dict | None = None  # fingerprint of the scored ground truth (zss_bench.records.fingerprint)
 
 
 def _pngs(folder: Path, what: str) -> dict[str, Path]:
@@ -79,16 +82,18 @@ def evaluate_directories(
     unless ``allow_missing``, in which case it is scored with no prediction at all (every
     labelled pixel a miss). ``image_list`` (a split file such as VOC's ``val.txt``) restricts
     scoring to the listed stems, so ``--gt-dir`` can be a folder holding several splits.
-    Errors name the offending file.
+    Errors name the offending file. The result carries the scored ground truth's fingerprint
+    (``test_set``), so records of different test sets are never compared as if they were one.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    gts = _pngs(gt_dir, "ground-truth")
+    all_gts = gts = _pngs(gt_dir, "ground-truth")
     if image_list is not None:
         gts = _restrict(gts, Path(image_list), gt_dir)
     preds = _pngs(pred_dir, "prediction")
     stems = sorted(gts)
     missing = [s for s in stems if s not in preds]
-    extra = sorted(s for s in preds if s not in gts)
+    extra = sorted(s for s in preds if s not in all_gts)
+    unlisted = sorted(s for s in preds if s in all_gts and s not in gts)
     if missing and not allow_missing:
         raise EvaluationInputError(
             f"{len(missing)} ground-truth image(s) in {gt_dir} have no prediction in {pred_dir}: "
@@ -100,9 +105,12 @@ def evaluate_directories(
     lut = protocol.native_lut()
     cm = ConfusionMatrix(protocol.num_classes, ignore_index=protocol.ignore_label, track_images=True)
 
+    digests: dict[str, str] = {}
+
     def load(stem: str) -> tuple[str, np.ndarray, np.ndarray]:
         gt_path = gts[stem]
         gt = to_contiguous(read_label_png(gt_path), lut, gt_path, what="ground-truth")
+        digests[stem] = gt_digest(gt)  # hashed in the reading threads: the fingerprint costs no extra pass
         if stem in preds:
             pred = read_label_png(preds[stem])
             if pred.shape != gt.shape:
@@ -126,7 +134,8 @@ def evaluate_directories(
                         f"order, {protocol.ignore_label} = no prediction; not the dataset's native ids: "
                         "map them with the protocol's native_ids table)")
             raise EvaluationInputError(f"{where}: {exc}{hint}") from None
-    return DirectoryEvaluation(protocol, cm, pred_dir, gt_dir, stems, missing, extra)
+    return DirectoryEvaluation(protocol, cm, pred_dir, gt_dir, stems, missing, extra, unlisted,
+                               fingerprint_block(digests))
 
 
 __all__ = ["DirectoryEvaluation", "EvaluationInputError", "LabelFileError", "evaluate_directories"]

@@ -19,6 +19,14 @@ def _anchor(name: str) -> str:
     return "p-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name)
 
 
+def _per_test_set(runs, draw: Callable) -> list[str]:
+    """``draw`` of each test set's runs: bars of runs scored on different images are never put side by side."""
+    sets = sorted(set(runs["test_set"])) if "test_set" in runs else []
+    if len(sets) <= 1:
+        return [draw(runs)]
+    return [part for ts in sets for part in (f"<h4>{esc(ts)}</h4>", draw(runs[runs["test_set"] == ts]))]
+
+
 def build_report(results_root: str | Path, out: str | Path, protocol: str | None = None, grids=(),
                  reference: str | None = "chimera", n_boot: int = 1000, n: int = 4,
                  on_note: Callable[[str], None] | None = None) -> Path:
@@ -45,9 +53,14 @@ def build_report(results_root: str | Path, out: str | Path, protocol: str | None
             raise ReportError(f"--grid {grid}: no such file")
     if n < 1:
         raise ReportError(f"--n must be at least 1, got {n}")
+    from zss_bench.records.writable import check_writable_dir
+
+    check_writable_dir(out, "--out")  # before any work: a read-only --out is one line, not a late traceback
     notes: list[str] = []
 
     def report(message: str) -> None:
+        if message in notes:  # the sweep pivots re-check the records the leaderboard already reported
+            return
         notes.append(message)
         if on_note:
             on_note(message)
@@ -76,15 +89,15 @@ def build_report(results_root: str | Path, out: str | Path, protocol: str | None
         sub = runs[runs["protocol"] == name].reset_index(drop=True)
         records = [load(p) for p in sub.sort_values(["method", "config", "seed", "run_id"])["path"]]
         body += [f'<h2 id="{_anchor(name)}">{esc(name)}</h2>',
-                 "<h3>Leaderboard</h3>", leaderboard_html(sub, reference, n_boot),
+                 "<h3>Leaderboard</h3>", leaderboard_html(sub, reference, n_boot, on_note=report),
                  render_failed([n for _, n in iter_notes(results_root, name)], "html"),
-                 "<h3>Per-class IoU</h3>", per_class_html(sub, load),
+                 "<h3>Per-class IoU</h3>", *_per_test_set(sub, lambda part: per_class_html(part, load)),
                  "<h3>Predictions</h3>", overlays_html(records, n, report),
                  f"<h3>Records ({len(records)})</h3>",
                  note("Click a record for its provenance, CLIP, training and protocol blocks."),
                  provenance_html(records)]
     if grids:
-        body += ['<h2 id="sweeps">Sweeps</h2>', sweeps_html(grids, str(results_root), protocol)]
+        body += ['<h2 id="sweeps">Sweeps</h2>', sweeps_html(grids, str(results_root), protocol, on_skip=report)]
     if notes:
         items = "".join(f"<li>{esc(m)}</li>" for m in notes)
         body.append(f'<h2>Skipped</h2><ul class="note warn">{items}</ul>')

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from zss_bench.report.html import esc, figure, note
 
 
-def sweeps_html(grid_files: list[str], results_root: str, protocol: str | None = None) -> str:
+def sweeps_html(grid_files: list[str], results_root: str, protocol: str | None = None,
+                on_skip: Callable[[str], None] | None = None) -> str:
     if not grid_files:
         return ""
     try:
@@ -21,7 +23,7 @@ def sweeps_html(grid_files: list[str], results_root: str, protocol: str | None =
     with tempfile.TemporaryDirectory(prefix="zss-report-") as tmp:
         for g, grid in enumerate(grid_files):
             parts.append(f"<h3>Sweep: {esc(Path(grid).name)}</h3>")
-            pivots = sweep_pivots(grid, results_root, protocol=protocol)
+            pivots = sweep_pivots(grid, results_root, protocol=protocol, on_skip=on_skip)
             if not pivots:
                 parts.append(note(f"No finished runs of {grid} under {results_root}."))
             for i, pivot in enumerate(pivots):

@@ -3,7 +3,10 @@
 Built only from run records, so a table can always be regenerated and never hand-edited.
 Rows show how many runs they average: a single lucky seed is visible as ``n = 1``. Runs made
 with different CLIP weights never share a row (the last column names the weights by hash), so
-a row's mean never mixes two teachers, e.g. toy CLIPs pretrained on different machines.
+a row's mean never mixes two teachers, e.g. toy CLIPs pretrained on different machines. Likewise runs
+scored on different test sets (``zss_bench.records.fingerprint``) never share a row, a de-duplication or a
+pairing, and no number reaches a table before it is checked against its record's confusion matrix
+(``zss_bench.tables.trust``).
 """
 from __future__ import annotations
 
@@ -14,65 +17,127 @@ from typing import Callable
 import pandas as pd
 from tabulate import tabulate
 
-from zss_bench.records.store import RecordWarning, iter_runs
+from zss_bench.records.fingerprint import GroundTruthKey, ground_truth_key
+from zss_bench.records.store import RECORD_FILE, LoadedRun, RecordWarning, iter_runs
+from zss_bench.tables.trust import RecordChecker, UntrustedRecord, number
 
 FORMATS = ("md", "latex", "csv", "html")
 EFFICIENCY = ("params_total", "params_trainable", "test_images_per_s", "peak_memory_mb", "train_step_s")
 TRAINED_HERE, IMPORTED = "trained here", "imported"
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "mIoU")
 _HEADERS = {"mIoU_seen": "mIoU(S)", "mIoU_unseen": "mIoU(U)", "hIoU": "hIoU", "pAcc": "pAcc", "mIoU": "mIoU"}
-_GROUP = ["protocol", "protocol_version", "protocol_hash", "method", "config", "clip"]
+_GROUP = ["protocol", "protocol_version", "protocol_hash", "test_set", "method", "config", "clip"]
 NO_CLIP = "-"
 
 
-def _metrics_block(record: dict, convention: str | None) -> tuple[str, dict]:
-    metrics = record["metrics"]
-    conv = convention or metrics.get("convention")
-    block = metrics.get("conventions", {}).get(conv)
-    if block is None:
-        raise KeyError(conv)
-    return conv, block
+def _text(value, where: str, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise UntrustedRecord(f"{where} is {value!r}, expected {'a name or null' if optional else 'a name'}")
+    return value
+
+
+def _seed(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UntrustedRecord(f"provenance.seed is {value!r}, expected a whole number or null")
+    return value
+
+
+def _row(run: LoadedRun, conv: str, block: dict) -> dict:
+    """One table row of a checked record; UntrustedRecord names a field the table needs that does not parse."""
+    rec = run.record
+    method, clip = rec["method"], rec.get("clip")
+    provenance, eff = rec.get("provenance") or {}, rec.get("efficiency") or {}
+    for key, value in (("clip", clip), ("provenance", provenance), ("efficiency", eff)):
+        if value is not None and not isinstance(value, dict):
+            raise UntrustedRecord(f"'{key}' is {type(value).__name__}, expected an object or null")
+    label = _text(method.get("label"), "method.label")
+    key = ground_truth_key(rec)
+    row = {
+        "protocol": _text(rec["protocol"]["name"], "protocol.name", optional=False),
+        "protocol_version": rec["protocol"]["version"],
+        "protocol_hash": str(rec["protocol"]["hash"])[:12],
+        "test_set": key.label,
+        "method": _text(method["name"], "method.name", optional=False),
+        "config": label or str(method.get("config_hash", "default"))[:8],
+        "clip": str(_text((clip or {}).get("weights_hash"), "clip.weights_hash") or NO_CLIP)[:8],
+        "seed": _seed(provenance.get("seed")),
+        "convention": conv,
+        "run_id": _text(rec.get("run_id"), "run_id"),
+        "path": str(run.path),
+        "origin": weights_origin(rec),
+        "machine": _text(eff.get("machine"), "efficiency.machine"),
+        "test_set_basis": key.basis,
+        "_key": key,
+    }
+    for k in EFFICIENCY:
+        value = number(eff.get(k), f"efficiency.{k}")
+        row[k] = float("nan") if value is None else value
+    for k in METRICS:
+        value = number(block.get(k), f"metrics.conventions.{conv}.{k}")
+        row[k] = float("nan") if value is None else value
+    return row
 
 
 def collect_runs(results_root, protocol: str | None = None, convention: str | None = None,
                  on_skip: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """One row per valid run record (skipped files are reported through ``on_skip``)."""
+    """One row per valid run record (skipped files are reported through ``on_skip``).
+
+    Each record's numbers are checked against its own ``confusion.npz`` first (:mod:`zss_bench.tables.trust`):
+    one that does not parse or disagrees is skipped with a message naming it and what is wrong. The
+    ``test_set`` column says which ground truth the run was scored on (:mod:`zss_bench.records.fingerprint`);
+    rows are grouped, de-duplicated and paired only within one test set."""
     report = on_skip or (lambda m: warnings.warn(m, RecordWarning, stacklevel=2))
-    rows = []
+    rows = [row for _, row in checked_runs(results_root, protocol, convention, report)]
+    columns = _GROUP + ["seed", "convention", "run_id", "path", "origin", "machine", "test_set_basis",
+                        *METRICS, *EFFICIENCY]
+    return _one_run_per_seed(pd.DataFrame(rows, columns=columns), report)
+
+
+def checked_runs(results_root, protocol: str | None = None, convention: str | None = None,
+                 on_skip: Callable[[str], None] | None = None) -> list[tuple[LoadedRun, dict]]:
+    """Every run under ``results_root`` (of ``protocol``) whose record parses and agrees with its confusion
+    matrix, with its table row (``test_set`` resolved); the others are reported through ``on_skip``. Shared by
+    the leaderboard, the report and the sweep pivots, so no table shows a number the others would refuse."""
+    report = on_skip or (lambda m: warnings.warn(m, RecordWarning, stacklevel=2))
+    checker = RecordChecker()
+    out = []
     for run in iter_runs(results_root, on_skip=report):
         rec = run.record
         if protocol is not None and rec["protocol"]["name"] != protocol:
             continue
         try:
-            conv, block = _metrics_block(rec, convention)
-        except KeyError:
-            report(f"skipping {run.path}: no metrics under convention '{convention}'")
+            conv, block = checker.check(run, convention)
+            out.append((run, _row(run, conv, block)))
+        except UntrustedRecord as exc:
+            report(f"skipping {run.path / RECORD_FILE}: {exc}")
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a shape nobody anticipated
+            report(f"skipping {run.path / RECORD_FILE}: it does not parse ({type(exc).__name__}: {exc})")
+    _place_legacy_records([row for _, row in out])
+    return out
+
+
+def _place_legacy_records(rows: list[dict]) -> None:
+    """Records made before test-set fingerprints (legacy) join the fingerprinted records of their protocol
+    whose dataset root (or ground-truth folder) they share, when those all have one fingerprint; otherwise
+    they form their own group, named by that root. In place; drops the helper key."""
+    fingerprints: dict[tuple, set] = {}
+    for r in rows:
+        key = r["_key"]
+        if key.basis == "fingerprint" and key.legacy:
+            fingerprints.setdefault((r["protocol_hash"], key.legacy), set()).add((key.value, key.n_images))
+    for r in rows:
+        key = r.pop("_key")
+        if key.basis in ("fingerprint", "unknown"):
             continue
-        method = rec["method"]
-        row = {
-            "protocol": rec["protocol"]["name"],
-            "protocol_version": rec["protocol"]["version"],
-            "protocol_hash": str(rec["protocol"]["hash"])[:12],
-            "method": method["name"],
-            "config": method.get("label") or str(method.get("config_hash", "default"))[:8],
-            "clip": str((rec.get("clip") or {}).get("weights_hash") or NO_CLIP)[:8],
-            "seed": rec.get("provenance", {}).get("seed"),
-            "convention": conv,
-            "run_id": rec.get("run_id"),
-            "path": str(run.path),
-            "origin": weights_origin(rec),
-            "machine": (rec.get("efficiency") or {}).get("machine"),
-        }
-        eff = rec.get("efficiency") or {}
-        for key in EFFICIENCY:
-            value = eff.get(key)
-            row[key] = float("nan") if value is None else float(value)
-        for key in METRICS:
-            value = block.get(key)
-            row[key] = float("nan") if value is None else float(value)
-        rows.append(row)
-    columns = _GROUP + ["seed", "convention", "run_id", "path", "origin", "machine", *METRICS, *EFFICIENCY]
-    return _one_run_per_seed(pd.DataFrame(rows, columns=columns), report)
+        found = fingerprints.get((r["protocol_hash"], f"{key.basis}\t{key.value}"), set())
+        if len(found) == 1:
+            fp, n = next(iter(found))
+            r["test_set"] = GroundTruthKey("fingerprint", fp, n).label
+            r["test_set_basis"] = f"placed by its {key.basis} {key.value}"
 
 
 def weights_origin(record: dict) -> str:
@@ -119,6 +184,8 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     out.columns = [f"{m}_{s}" for m, s in out.columns]
     out.insert(0, "runs", grouped.size())
     out.insert(1, "seeds", grouped["seed"].agg(lambda x: tuple(sorted(int(v) for v in x if pd.notna(v)))))
+    if "test_set_basis" in runs:
+        out.insert(1, "test_set_basis", grouped["test_set_basis"].agg(lambda x: tuple(sorted({str(v) for v in x}))))
     if "machine" in runs:
         out.insert(2, "machines", grouped["machine"].agg(lambda x: tuple(sorted({str(v) for v in x if pd.notna(v) and v}))))
     for key in EFFICIENCY:  # medians: one run slowed by a neighbouring job must not move the row
@@ -162,48 +229,79 @@ def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | N
     if table.empty:
         return "<p>(no runs found)</p>\n" if fmt == "html" else "(no runs found)\n"
     parts = []
-    for (proto, version, phash), sub in table.groupby(["protocol", "protocol_version", "protocol_hash"], sort=True):
-        origin = sub["origin"] if "origin" in sub else pd.Series(TRAINED_HERE, index=sub.index)
-        conv = f", {convention} convention" if convention else ", headline convention"
-        for kind, part in (("", sub[origin != IMPORTED]), (IMPORTED, sub[origin == IMPORTED])):
-            if part.empty:
-                continue
-            vs = reference is not None and _has(part, "vs_delta")
-            eff = any(_has(part, k) for k in EFFICIENCY)
-            headers = ["method", "config", "weights", "runs", *(_HEADERS[m] for m in METRICS)]
-            if vs:
-                headers.append(f"ΔhIoU vs {reference} [95% CI]")
-            if eff:
-                headers += ["params M (trainable)", "test img/s", "eval peak MB", "train s/step"]
-            headers.append("CLIP weights")
-            rows = []
-            for r in part.itertuples():
-                row = [r.method, r.config, getattr(r, "origin", TRAINED_HERE), int(r.runs),
-                       *(_pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"), r.runs) for m in METRICS)]
-                if vs:
-                    row.append(_vs(r))
-                if eff:
-                    total, trainable = getattr(r, "params_total", None), getattr(r, "params_trainable", None)
-                    row += ["n/a" if total is None or pd.isna(total) else f"{_num(total, 2, 1e-6)} ({_num(trainable, 2, 1e-6)})",
-                            _num(getattr(r, "test_images_per_s", None)), _num(getattr(r, "peak_memory_mb", None), 0),
-                            _num(getattr(r, "train_step_s", None), 2)]
-                rows.append(row + [r.clip])
-            what = "imported weights or predictions (trained elsewhere: not comparable with the harness-trained rows)" if kind \
-                else "mean ± std over runs, %"
-            title = f"{proto} (v{version}, {phash}{conv}; {what})"
-            notes = _notes(part, reference if vs else None, eff, n_boot)
-            if fmt == "md":
-                body = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-                parts.append(f"### {title}\n\n{body}\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else ""))
-            elif fmt == "html":
-                body = tabulate(rows, headers=headers, tablefmt="html", disable_numparse=True)  # escapes cells
-                parts.append(f"<h4>{html.escape(title)}</h4>\n{body}\n"
-                             + "".join(f'<p class="note">{html.escape(n)}</p>\n' for n in notes))
-            else:
-                body = tabulate(rows, headers=headers, tablefmt="latex_booktabs", disable_numparse=True)
-                body = body.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
-                parts.append(f"% {title}\n{body}\n" + "".join(f"% {n}\n" for n in notes))
+    for (proto, version, phash), psub in table.groupby(["protocol", "protocol_version", "protocol_hash"], sort=True):
+        test_sets = sorted(set(psub["test_set"])) if "test_set" in psub else []
+        for test_set in test_sets or [None]:
+            sub = psub if test_set is None else psub[psub["test_set"] == test_set]
+            parts += _render_tables(sub, fmt, proto, version, phash, convention, reference, n_boot,
+                                    test_set if len(test_sets) > 1 else None, test_sets)
     return "\n".join(parts)
+
+
+def _render_tables(sub: pd.DataFrame, fmt: str, proto, version, phash, convention, reference, n_boot,
+                   test_set: str | None, test_sets: list[str]) -> list[str]:
+    """The tables of one protocol definition and test set: harness-trained rows, then imported ones.
+    ``test_set`` is named in the title when the protocol's rows come from several test sets."""
+    parts = []
+    origin = sub["origin"] if "origin" in sub else pd.Series(TRAINED_HERE, index=sub.index)
+    conv = f", {convention} convention" if convention else ", headline convention"
+    for kind, part in (("", sub[origin != IMPORTED]), (IMPORTED, sub[origin == IMPORTED])):
+        if part.empty:
+            continue
+        vs = reference is not None and _has(part, "vs_delta")
+        eff = any(_has(part, k) for k in EFFICIENCY)
+        headers = ["method", "config", "weights", "runs", *(_HEADERS[m] for m in METRICS)]
+        if vs:
+            headers.append(f"ΔhIoU vs {reference} [95% CI]")
+        if eff:
+            headers += ["params M (trainable)", "test img/s", "eval peak MB", "train s/step"]
+        headers.append("CLIP weights")
+        rows = []
+        for r in part.itertuples():
+            row = [r.method, r.config, getattr(r, "origin", TRAINED_HERE), int(r.runs),
+                   *(_pm(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std"), r.runs) for m in METRICS)]
+            if vs:
+                row.append(_vs(r))
+            if eff:
+                total, trainable = getattr(r, "params_total", None), getattr(r, "params_trainable", None)
+                row += ["n/a" if total is None or pd.isna(total) else f"{_num(total, 2, 1e-6)} ({_num(trainable, 2, 1e-6)})",
+                        _num(getattr(r, "test_images_per_s", None)), _num(getattr(r, "peak_memory_mb", None), 0),
+                        _num(getattr(r, "train_step_s", None), 2)]
+            rows.append(row + [r.clip])
+        what = "imported weights or predictions (trained elsewhere: not comparable with the harness-trained rows)" if kind \
+            else "mean ± std over runs, %"
+        title = f"{proto} (v{version}, {phash}{conv}; {what})" + (f" on {test_set}" if test_set else "")
+        notes = _notes(part, reference if vs else None, eff, n_boot) + _test_set_notes(part, proto, test_set,
+                                                                                      test_sets)
+        if fmt == "md":
+            body = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+            parts.append(f"### {title}\n\n{body}\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else ""))
+        elif fmt == "html":
+            body = tabulate(rows, headers=headers, tablefmt="html", disable_numparse=True)  # escapes cells
+            parts.append(f"<h4>{html.escape(title)}</h4>\n{body}\n"
+                         + "".join(f'<p class="note">{html.escape(n)}</p>\n' for n in notes))
+        else:
+            body = tabulate(rows, headers=headers, tablefmt="latex_booktabs", disable_numparse=True)
+            body = body.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+            parts.append(f"% {title}\n{body}\n" + "".join(f"% {n}\n" for n in notes))
+    return parts
+
+
+def _test_set_notes(part: pd.DataFrame, proto: str, test_set: str | None, test_sets: list[str]) -> list[str]:
+    """Say when a protocol's rows come from several test sets, and where legacy records were placed by
+    their dataset root: a table never averages, de-duplicates or pairs across test sets silently."""
+    notes = []
+    if test_set:
+        notes.append(f"{proto} rows come from {len(test_sets)} different test sets ({'; '.join(test_sets)}): each "
+                     "has its own table; rows are never averaged, de-duplicated or paired across test sets. Test "
+                     "sets are told apart by the fingerprint of the ground truth a run was scored on (record "
+                     "dataset.test_set); records made before fingerprints by their dataset root (a folder in the "
+                     "zss-bench cache by its path there) or, for evaluate records, their ground-truth folder.")
+    placed = sorted({b for bases in part.get("test_set_basis", ()) for b in (bases or ()) if b.startswith("placed by")})
+    if placed:
+        notes.append("Records made before test-set fingerprints counted with the fingerprinted runs of the same "
+                     f"data ({'; '.join(p.removeprefix('placed by its ') for p in placed)}).")
+    return notes
 
 
 def _notes(part: pd.DataFrame, reference: str | None, eff: bool, n_boot: int) -> list[str]:

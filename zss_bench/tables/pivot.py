@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 from tabulate import tabulate
@@ -84,45 +85,67 @@ def _ordered(cells: pd.DataFrame, key: str) -> list[str]:
 
 
 def sweep_pivots(grid_file: str | Path, results_root: str | Path, protocol: str | None = None,
-                 metric: str = "hIoU", check_clip: bool = True) -> list[Pivot]:
+                 metric: str = "hIoU", check_clip: bool = True,
+                 on_skip: Callable[[str], None] | None = None) -> list[Pivot]:
     """One :class:`Pivot` per sweep declared in ``grid_file`` (none: an empty list). ``check_clip``: count only
-    records made with the CLIP weights the cells would load now, as the runner does."""
-    from zss_bench.engine.grid import (ClipWeights, _clip_spec, _find, load_records, load_sweeps, resolve_config_hashes,
-                                      sweep_cells)
+    records made with the CLIP weights the cells would load now, as the runner does. Only records whose
+    numbers agree with their confusion matrix count (the others are reported through ``on_skip``), and a
+    cell never mixes test sets: when a sweep's runs come from several, each gets its own pivot, named."""
+    from zss_bench.engine.grid import ClipWeights, load_sweeps, resolve_config_hashes, sweep_cells
     from zss_bench.protocol import load_protocol
-    from zss_bench.records.failed import note_path
+    from zss_bench.tables.leaderboard import checked_runs
 
     name, sweeps = load_sweeps(grid_file)
     if protocol is not None and load_protocol(protocol).name != name:
         return []
     proto = load_protocol(name)
     clip_weights = ClipWeights(proto)
-    records = load_records(str(results_root))
+    checked = [(run.record, row["test_set"]) for run, row in checked_runs(results_root, name, on_skip=on_skip)]
+    test_sets = sorted({ts for rec, ts in checked if rec["protocol"].get("hash") == proto.content_hash})
     pivots = []
     for sweep in sweeps:
         cells = sweep_cells(sweep)
         resolve_config_hashes(proto, cells)
-        rows: dict[tuple, dict] = {}
-        for cell in cells:
-            spec = _clip_spec(cell.opts)
-            clip_hash = (lambda spec=spec: clip_weights(spec)) if check_clip else None
-            row = rows.setdefault(tuple(cell.swept[k] for k in sweep.keys),
-                                  {**cell.swept, "values": [], "seeds": [], "failed": 0, "label": cell.label})
-            rec = _find(records, name, proto.content_hash, cell.method, cell.label, cell.seed, clip_hash,
-                        cell.config_hash)
-            if rec is not None:
-                value = rec["metrics"].get(metric)
-                if value is not None:
-                    row["values"].append(float(value))
-                    row["seeds"].append(cell.seed)
-            elif note_path(results_root, name, cell.method, cell.label, cell.seed).is_file():
-                row["failed"] += 1
-        table = pd.DataFrame([{**{k: r[k] for k in sweep.keys}, "label": r["label"],
-                               "mean": pd.Series(r["values"], dtype=float).mean(),
-                               "std": pd.Series(r["values"], dtype=float).std(), "runs": len(r["values"]),
-                               "failed": r["failed"], "seeds": " ".join(map(str, r["seeds"]))} for r in rows.values()])
-        pivots.append(Pivot(f"{name}: {sweep.title}", list(sweep.keys), metric, _display(table, list(sweep.keys)), table))
+        found = []
+        for ts in test_sets:
+            table = _cells_table(sweep, cells, [rec for rec, t in checked if t == ts], results_root, name, proto,
+                                 clip_weights, check_clip, metric)
+            if table["runs"].sum() > 0:
+                found.append((ts, table))
+        if not found:  # nothing finished yet: one table of empty cells (and failed counts)
+            empty = _cells_table(sweep, cells, [], results_root, name, proto, clip_weights, check_clip, metric)
+            found = [(None, empty)]
+        for ts, table in found:
+            title = f"{name}: {sweep.title}" + (f" on {ts}" if len(found) > 1 else "")
+            pivots.append(Pivot(title, list(sweep.keys), metric, _display(table, list(sweep.keys)), table))
     return pivots
+
+
+def _cells_table(sweep, cells, records: list[dict], results_root, name: str, proto, clip_weights,
+                 check_clip: bool, metric: str) -> pd.DataFrame:
+    """One numeric row per swept point from ``records`` (of one test set): mean, std, runs, failed, seeds."""
+    from zss_bench.engine.grid import _clip_spec, _find
+    from zss_bench.records.failed import note_path
+
+    rows: dict[tuple, dict] = {}
+    for cell in cells:
+        spec = _clip_spec(cell.opts)
+        clip_hash = (lambda spec=spec: clip_weights(spec)) if check_clip else None
+        row = rows.setdefault(tuple(cell.swept[k] for k in sweep.keys),
+                              {**cell.swept, "values": [], "seeds": [], "failed": 0, "label": cell.label})
+        rec = _find(records, name, proto.content_hash, cell.method, cell.label, cell.seed, clip_hash,
+                    cell.config_hash)
+        if rec is not None:
+            value = rec["metrics"].get(metric)
+            if value is not None:
+                row["values"].append(float(value))
+                row["seeds"].append(cell.seed)
+        elif note_path(results_root, name, cell.method, cell.label, cell.seed).is_file():
+            row["failed"] += 1
+    return pd.DataFrame([{**{k: r[k] for k in sweep.keys}, "label": r["label"],
+                          "mean": pd.Series(r["values"], dtype=float).mean(),
+                          "std": pd.Series(r["values"], dtype=float).std(), "runs": len(r["values"]),
+                          "failed": r["failed"], "seeds": " ".join(map(str, r["seeds"]))} for r in rows.values()])
 
 
 def _text(row) -> str:
