@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,9 @@ import pytest
 
 from conftest import run_cli
 from run_helpers import make_plugin, prepare_synth, synth_world, tiny
+from detectron2.modeling import META_ARCH_REGISTRY
 from zss_bench.engine.run import RunRequest, run_method
+from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
 from zss_bench.metrics import ConfusionMatrix
 from zss_bench.records import load_run
 
@@ -382,11 +386,20 @@ def test_default_results_root_is_never_the_committed_folder(prepared, tmp_path, 
 def test_grid_dry_run_says_why_each_cell_is_due(prepared, tmp_path, isolated_cache, capsys):
     from zss_bench.engine.grid import run_grid
 
+    from zss_bench.engine.grid import GridError
+
     grid = tmp_path / "grid.yaml"
-    grid.write_text("protocol: synth-15-5\ncells:\n"
-                    "  - {method: seen-only, label: broken, opts: [SOLVER.MAX_ITER, 'twenty'], seeds: [0]}\n")
     args = dict(results=str(tmp_path / "results"), work_dir=str(tmp_path / "work"), extra=tiny(2),
                 data_root=str(prepared))
+    # a value of the wrong type is a usage error of the whole grid, before any cell runs (issue #24, 9)
+    grid.write_text("protocol: synth-15-5\ncells:\n"
+                    "  - {method: seen-only, label: broken, opts: [SOLVER.MAX_ITER, 'twenty'], seeds: [0]}\n")
+    with pytest.raises(GridError, match=r"cell seen-only \[broken.*SOLVER.MAX_ITER expects int \(default 600\)"):
+        run_grid(grid, dry_run=True, **args)
+    # a cell that fails when it runs (its weights file is missing) leaves a failed-cell note
+    grid.write_text("protocol: synth-15-5\ncells:\n"
+                    f"  - {{method: seen-only, label: broken, opts: [MODEL.WEIGHTS, '{tmp_path / 'none.pth'}'], "
+                    "seeds: [0]}\n")
     assert run_grid(grid, dry_run=True, **args) == 0
     assert "due (no record yet)" in capsys.readouterr().out
     assert run_grid(grid, **args) == 1  # the cell fails (bad value), the grid says so
@@ -396,3 +409,213 @@ def test_grid_dry_run_says_why_each_cell_is_due(prepared, tmp_path, isolated_cac
     assert "FAILED last time (exit 2" in out and "--retry-failed runs it again" in out
     assert run_grid(grid, dry_run=True, retry_failed=True, **args) == 0
     assert "due (no record yet; failed last time (exit 2" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the run's folder (issue #24)
+
+
+def _last_line(err: str) -> str:
+    return err.strip().splitlines()[-1]
+
+
+def _no_training(monkeypatch):
+    import zss_bench.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer.ZSSTrainer, "__init__", lambda *a, **k: pytest.fail("a model was built"))
+
+
+def test_resume_or_eval_only_of_a_folder_holding_another_run_is_refused(prepared, tmp_path, capsys, monkeypatch):
+    """`--resume --seed 7` on a seed-0 folder, `--resume SOLVER.BASE_LR 0.5` on a folder trained at
+    another rate: refused naming the difference, not a record of seed 0's weights filed as seed 7."""
+    out = tmp_path / "out"
+    common = ["run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root", str(prepared),
+              "--results", str(tmp_path / "results"), "--output-dir", str(out)]
+    rc, _, err = run_cli(capsys, *common, *tiny(3))
+    assert rc == 0, err
+    assert json.loads((out / "run_identity.json").read_text())["seed"] == 0
+    _no_training(monkeypatch)
+    cases = [(["--resume", "--seed", "7"], [], "--resume", "seed is 0 there, 7 here;"),
+             (["--resume"], ["SOLVER.BASE_LR", "0.5"], "--resume",
+              r"config SOLVER\.BASE_LR is [0-9.e-]+ there, 0\.5 here;"),
+             (["--eval-only", "--seed", "7"], [], "--eval-only", "seed is 0 there, 7 here;")]
+    for flags, opts, flag, difference in cases:
+        rc, _, err = run_cli(capsys, *common, *flags, *tiny(3), *opts)
+        last = _last_line(err)
+        assert rc == 2 and last.startswith(f"zss-bench run: error: {flag}: {out} holds another run ("), last
+        assert re.search(difference, last), last
+    # a folder from before run_identity.json is compared on its config.yaml
+    (out / "run_identity.json").unlink()
+    rc, _, err = run_cli(capsys, *common, "--resume", "--seed", "7", *tiny(3))
+    assert rc == 2 and "seed is 0 there, 7 here (its config.yaml)" in _last_line(err)
+    assert len(list((tmp_path / "results").rglob("record.json"))) == 1  # nothing was filed
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_in_one_line(prepared, tmp_path, capsys, isolated_cache):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "zss_bench.cli", "run", "--method", "seen-only", "--protocol", "synth-15-5",
+           "--data-root", str(prepared), "--results", str(tmp_path / "results"), "--output-dir", str(out),
+           *tiny(5000, 1000)]
+    env = {**os.environ, "ZSS_BENCH_CACHE": str(isolated_cache), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (out / "config.yaml").exists():  # written under the lock, just before training
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        held = json.loads((out / "run.lock").read_text())
+        busy = (f"zss-bench run: error: {out} is in use by another run: pid {proc.pid} on host {held['host']} since "
+                f"{held['started']} (zss-bench run --method seen-only --protocol synth-15-5 --seed 0); wait for it "
+                "to finish, or give this run another --output-dir")
+        flags = cmd.index("--output-dir") + 2
+        for extra in (["--eval-only"], [], ["--resume", "--seed", "1"]):  # score, train, continue: all refused
+            rc, _, err = run_cli(capsys, *cmd[3:flags], *extra, *cmd[flags:])
+            assert rc == 2 and _last_line(err) == busy, err
+        assert proc.poll() is None  # the first run is untouched
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    assert not (out / "run.lock").exists()  # released on Ctrl-C
+
+
+def test_eval_only_needs_weights_to_evaluate(prepared, tmp_path, capsys):
+    """`--eval-only` on an empty folder would score random weights (filed as 'imported ... trained
+    elsewhere'); a missing MODEL.WEIGHTS file was an fvcore AssertionError traceback."""
+    common = ["run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root", str(prepared),
+              "--results", str(tmp_path / "results")]
+    empty = tmp_path / "empty"
+    rc, _, err = run_cli(capsys, *common, "--eval-only", "--output-dir", str(empty), *tiny(3))
+    assert rc == 2 and _last_line(err) == (
+        f"zss-bench run: error: --eval-only: {empty} holds no checkpoint and no MODEL.WEIGHTS is given, so there "
+        "are no trained weights of seen-only to evaluate; train first, or pass MODEL.WEIGHTS /path/to/model.pth")
+    assert not empty.exists() and not (tmp_path / "results").exists()  # no stub folder, no record
+    missing = tmp_path / "nowhere" / "model.pth"
+    for flags in (["--eval-only"], []):  # evaluating or fine-tuning from it
+        rc, _, err = run_cli(capsys, *common, *flags, "--output-dir", str(empty), *tiny(3), "MODEL.WEIGHTS", str(missing))
+        assert rc == 2 and _last_line(err) == f"zss-bench run: error: MODEL.WEIGHTS {missing}: the file does not exist"
+        assert not empty.exists()
+    # named weights into a fresh folder (imported) and its own trained folder still evaluate
+    trained = tmp_path / "trained"
+    rc, _, err = run_cli(capsys, *common, "--output-dir", str(trained), *tiny(3))
+    assert rc == 0, err
+    rc, out, err = run_cli(capsys, *common, "--eval-only", "--output-dir", str(tmp_path / "imported"),
+                           *tiny(3), "MODEL.WEIGHTS", str(trained / "model_final.pth"))
+    assert rc == 0, err
+    rc, out, err = run_cli(capsys, *common, "--eval-only", "--output-dir", str(trained), *tiny(3))
+    assert rc == 0, err
+    rec = load_run(Path(out.strip().splitlines()[-1].split("record: ")[1])).record
+    assert rec["training"]["resumed_from_iter"] == 3 and rec["training"]["weights"]["origin"] == "trained here"
+
+
+@META_ARCH_REGISTRY.register()
+class NaNOnceSeg(SeenOnlySeg):
+    """Its loss turns NaN at its ``nan_at``-th step while that is set (then the same method and config
+    train normally: a resumed run is the same run)."""
+
+    nan_at: int | None = None
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.calls = 0
+
+    def train_losses(self, images, targets):
+        self.calls += 1
+        losses = super().train_losses(images, targets)
+        if self.calls == type(self).nan_at:
+            losses = {k: v * float("nan") for k, v in losses.items()}
+        return losses
+
+
+@pytest.fixture
+def nan_once():
+    """The method 'nan-once' (NaNOnceSeg), diverging at its 3rd step until the test says otherwise."""
+    from zss_bench.plugins import register_method, unregister_method
+
+    plugin, opts = make_plugin("nan-once", "NaNOnceSeg")
+    register_method(plugin)
+    NaNOnceSeg.nan_at = 3
+    yield opts
+    NaNOnceSeg.nan_at = None
+    unregister_method("nan-once")
+
+
+def test_nan_before_the_first_periodic_checkpoint_does_not_become_the_resume_point(prepared, tmp_path, nan_once):
+    from zss_bench.engine.trainer import TrainingDiverged
+
+    out = tmp_path / "out"
+    req = _request(prepared, tmp_path, method="nan-once", output_dir=str(out), opts=tiny(6, 1000, *nan_once))
+    with pytest.raises(TrainingDiverged, match=r"model_before_nan_iter_0000002\.pth; last periodic checkpoint: none "
+                                               r"\(--resume starts again from iteration 0\)"):
+        run_method(req)
+    assert (out / "model_before_nan_iter_0000002.pth").is_file()  # the weights before the bad step are kept
+    assert not (out / "last_checkpoint").exists()  # ...but are not where --resume continues
+    NaNOnceSeg.nan_at = None  # (whatever made the step diverge is fixed)
+    rec = load_run(run_method(RunRequest(**{**asdict(req), "resume": True}))).record
+    assert rec["training"]["resumed_from_iter"] == 0  # the bad step is trained, not skipped
+    assert rec["training"]["max_iter"] == 6 and (out / "model_final.pth").is_file()
+    curves = [json.loads(line)["iteration"] for line in (out / "metrics.json").read_text().splitlines()]
+    assert curves == sorted(set(curves)) and curves[-1] == 5  # each iteration once: the diverged run's are gone
+
+
+@pytest.mark.parametrize("blocked_by", ["a file", "read-only"])
+def test_unwritable_results_fail_before_training(prepared, tmp_path, capsys, monkeypatch, blocked_by):
+    blocker = tmp_path / "blocker"
+    if blocked_by == "a file":  # (works as root too, where permission bits do not stop writes)
+        blocker.write_text("not a folder")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        blocker.mkdir()
+        blocker.chmod(0o555)
+    _no_training(monkeypatch)
+    rc, _, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root",
+                         str(prepared), "--results", str(blocker / "results"), "--work-dir", str(tmp_path / "work"),
+                         *tiny(3))
+    assert rc == 2 and _last_line(err).startswith(f"zss-bench run: error: --results {blocker / 'results'}: ")
+    assert not (tmp_path / "work").exists()
+    rc, _, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root",
+                         str(prepared), "--results", str(tmp_path / "results"), "--output-dir", str(blocker / "out"),
+                         *tiny(3))
+    assert rc == 2 and _last_line(err).startswith(f"zss-bench run: error: --output-dir {blocker / 'out'}: ")
+
+
+def test_a_record_that_cannot_be_written_at_the_end_says_where_the_weights_are(prepared, tmp_path, capsys,
+                                                                                monkeypatch):
+    import shlex
+
+    import zss_bench.records as records
+
+    def read_only(results, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(results))
+
+    monkeypatch.setattr(records, "write_run", read_only)
+    out = tmp_path / "out"
+    rc, _, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root",
+                         str(prepared), "--results", str(tmp_path / "gone"), "--output-dir", str(out), *tiny(3))
+    last = _last_line(err)
+    assert rc == 2, err
+    assert last.startswith(f"zss-bench run: error: could not write the run record under {tmp_path / 'gone'} "
+                           f"(Permission denied); the weights are kept in {out / 'model_final.pth'}; "
+                           "write the record with: zss-bench run ")
+    cmd = shlex.split(last.split("write the record with: ")[1])
+    assert "--eval-only" in cmd and cmd[cmd.index("--output-dir") + 1] == str(out)
+    monkeypatch.undo()
+    cmd[cmd.index("WRITABLE_DIR")] = str(tmp_path / "results")
+    rc, stdout, err = run_cli(capsys, *cmd[1:])  # the printed command writes the record from those weights
+    assert rc == 0, err
+    rec = load_run(Path(stdout.strip().splitlines()[-1].split("record: ")[1])).record
+    assert rec["training"]["resumed_from_iter"] == 3 and rec["provenance"]["seed"] == 0
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 32)])
+def test_a_seed_out_of_range_is_refused_before_any_work(prepared, tmp_path, capsys, monkeypatch, seed):
+    import zss_bench.engine.run as run
+
+    monkeypatch.setattr(run, "_resolve", lambda *a: pytest.fail("resolved a run with an impossible seed"))
+    work = tmp_path / "work"
+    rc, _, err = run_cli(capsys, "run", "--method", "seen-only", "--protocol", "synth-15-5", "--data-root",
+                         str(prepared), "--results", str(tmp_path / "results"), "--work-dir", str(work),
+                         "--seed", seed, *tiny(3))
+    assert rc == 2 and seed in _last_line(err) and "2^32" in _last_line(err)
+    with pytest.raises(ValueError, match=rf"--seed {seed}: a seed must be a whole number from 0 to"):
+        run_method(_request(prepared, tmp_path, seed=int(seed)))
+    assert not work.exists()

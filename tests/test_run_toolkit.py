@@ -86,8 +86,13 @@ def test_training_free_method_builds_no_optimizer_and_no_loader(world, tmp_path,
         run_dir = run_method(RunRequest(method="colour-rule", protocol="synth-15-5", data_root=str(world),
                                         results_root=str(tmp_path / "results"), work_root=str(tmp_path / "work"),
                                         opts=tiny(5, 1000, *opts)))
+        again = run_method(RunRequest(method="colour-rule", protocol="synth-15-5", data_root=str(world),
+                                      results_root=str(tmp_path / "results"), output_dir=str(tmp_path / "fresh"),
+                                      eval_only=True, opts=tiny(5, 1000, *opts)))  # nothing to load: not refused
     finally:
         unregister_method("colour-rule")
+    assert ConfusionMatrix.load(again / "confusion.npz").matrix.tolist() == \
+        ConfusionMatrix.load(run_dir / "confusion.npz").matrix.tolist()
     rec = load_run(run_dir).record
     t = rec["training"]
     assert t["performed"] is False and t["training_free"] is True and t["optimizer_built"] is False
@@ -128,6 +133,7 @@ def test_a_clip_method_without_a_clip_record_is_an_error(world, tmp_path):
     finally:
         unregister_method("claims-clip")
     assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "work").exists()  # failed before training: no stub work folder is left behind
 
 
 def test_body_takes_inputs_that_are_not_a_multiple_of_the_training_crop():

@@ -86,9 +86,16 @@ def test_the_cached_schema_is_the_real_configs_keys():
     from zss_bench.engine.preflight import _schema_path, config_schema
     from zss_bench.plugins import get_method
 
+    from zss_bench.engine.config import resolve_method_config
+    from zss_bench.protocol import load_protocol
+
     plugin = get_method("zegclip")
     schema = config_schema(plugin)
     assert _schema_path(plugin).is_file()
+    # with the method's config file, the defaults are the file's (what an override replaces)
+    method_file = resolve_method_config(plugin, load_protocol("synth-15-5"))
+    assert config_schema(plugin, method_file)["SOLVER.MAX_ITER"]["default"] == 600
+    assert _schema_path(plugin, method_file) != _schema_path(plugin)
     assert schema["SOLVER.BASE_LR"]["type"] == "float" and schema["SOLVER.MAX_ITER"]["type"] == "int"
     assert any(k.startswith("MODEL.ZEGCLIP.") for k in schema) and "ZSS.N_BOOT" in schema
     assert json.loads(_schema_path(plugin).read_text()) == schema
@@ -114,7 +121,11 @@ def test_usage_errors_never_import_torch(tmp_path):
     from zss_bench.engine.preflight import config_schema
     from zss_bench.plugins import get_method
 
-    config_schema(get_method("chimera"))  # the autouse fixture's cache, inherited by the child processes
+    from zss_bench.engine.config import resolve_method_config
+    from zss_bench.protocol import load_protocol
+
+    plugin = get_method("chimera")  # the schema lands in the autouse fixture's cache, inherited by the children
+    config_schema(plugin, resolve_method_config(plugin, load_protocol("synth-15-5")))
     grid = tmp_path / "grid.yaml"
     grid.write_text("protocol: synth-15-5\ncells:\n  - method: chimera\n    opts: [SOLVER.MAX_ITERR, 3]\n")
     cases = {**CASES, "grid-key": ["grid", str(grid), "--dry-run"]}

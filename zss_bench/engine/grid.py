@@ -122,7 +122,9 @@ def check_cells(protocol: str, cells: list[Cell], extra: list[str] | None = None
     from zss_bench.engine.preflight import UsageError, check_overrides, check_seed
     from zss_bench.plugins import get_method
 
-    load_protocol(protocol)  # did-you-mean on a typo
+    from zss_bench.engine.config import resolve_method_config
+
+    proto = load_protocol(protocol)  # did-you-mean on a typo
     checked: set = set()
     for cell in cells:
         what = f"cell {cell.method} [{cell.label}] seed {cell.seed}"
@@ -131,7 +133,7 @@ def check_cells(protocol: str, cells: list[Cell], extra: list[str] | None = None
             check_seed(cell.seed, "seed")
             plugin = get_method(cell.method)
             if (cell.method, tuple(opts)) not in checked:
-                check_overrides(plugin, opts, verb)
+                check_overrides(plugin, opts, verb, resolve_method_config(plugin, proto))
                 checked.add((cell.method, tuple(opts)))
         except (ConfigOverrideError, UsageError) as exc:
             raise GridError(f"{what}: {exc}") from None

@@ -2,10 +2,11 @@
 or an option written after the overrides is refused in well under a second, not after torch and
 detectron2 (2–3 s) and a synthetic world (10 s) were loaded.
 
-Key names and default types come from the method's *config schema*: every key of its resolved
-detectron2 config with its default, built once by the real ``build_run_config`` path and cached as
-JSON under the zss-bench cache, keyed by a digest of the code that defines the keys (``engine/``,
-``modeling/``, the plugin's package and the detectron2 version). A stale schema is never used, and
+Key names and default types come from the method's *config schema*: every key of its config with its
+value after the method's config file (the default the user overrides), built once by the real config
+path and cached as JSON under the zss-bench cache, keyed by a digest of the code that defines the keys
+(``engine/``, ``modeling/``, the plugin's package, the detectron2 version) and of the config file with
+its ``_BASE_`` chain. A stale schema is never used, and
 with no cached schema the check falls back to the full build (slow, but it then caches the schema).
 The full build still runs later and stays the authority: this module only moves the errors earlier.
 """
@@ -17,8 +18,6 @@ import json
 import os
 from importlib import metadata
 from pathlib import Path
-
-from zss_bench.registry import suggest
 
 SEED_LIMIT = 2 ** 32  # numpy's SeedSequence/legacy seeding range, which detectron2's seed_all_rng uses
 _ENGINE = Path(__file__).resolve().parent
@@ -45,7 +44,26 @@ def check_override_pairs(opts: list[str], verb: str = "run") -> None:
         raise UsageError(f"overrides must be KEY VALUE pairs; got {len(opts)} items and '{opts[-1]}' has no value")
 
 
-def _digest(plugin) -> str:
+def _config_chain(path: Path, seen: set | None = None) -> list[Path]:
+    """A method config file and the ``_BASE_`` files it builds on (cheap: YAML only)."""
+    import yaml
+
+    seen = seen if seen is not None else set()
+    path = Path(path).resolve()
+    if path in seen or not path.is_file():
+        return []
+    seen.add(path)
+    try:
+        base = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("_BASE_")
+    except (yaml.YAMLError, AttributeError, OSError):
+        base = None
+    chain = [path]
+    if isinstance(base, str):
+        chain += _config_chain(path.parent / base if not Path(base).is_absolute() else Path(base), seen)
+    return chain
+
+
+def _digest(plugin, method_file: Path | None) -> str:
     """Of everything that can change a method's keys or their defaults."""
     h = hashlib.sha256()
     for version in ("zss-bench", "detectron2", "pb1-detectron2"):
@@ -59,24 +77,30 @@ def _digest(plugin) -> str:
             h.update(path.name.encode())
             h.update(path.read_bytes())
     h.update(plugin.name.encode())
+    for path in _config_chain(method_file) if method_file else []:
+        h.update(str(path).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def _schema_path(plugin) -> Path:
+def _schema_path(plugin, method_file: Path | None = None) -> Path:
     from zss_bench.cache import cache_path
 
-    return cache_path("config-schema", f"{plugin.name}-{_digest(plugin)}.json")
+    return cache_path("config-schema", f"{plugin.name}-{_digest(plugin, method_file)}.json")
 
 
-def _build_schema(plugin) -> dict:
-    """{KEY: default} of the method's config before any file or override (the slow, real path)."""
-    from zss_bench.engine.config import add_zss_config, config_dict, flat_keys
-    import zss_bench.detectron2_compat  # noqa: F401
+def _build_schema(plugin, method_file: Path | None) -> dict:
+    """{KEY: default} of the method's config after its config file, before any override (the slow, real path)."""
+    import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
     from detectron2.config import get_cfg
+
+    from zss_bench.engine.config import _merge_method_file, add_zss_config, config_dict, flat_keys
 
     cfg = get_cfg()
     add_zss_config(cfg)
     plugin.add_config(cfg)
+    if method_file:
+        _merge_method_file(cfg, method_file)
     flat = flat_keys(cfg)
     doc = config_dict(cfg)  # JSON-safe values (tuples as lists)
     out = {}
@@ -88,14 +112,15 @@ def _build_schema(plugin) -> dict:
     return out
 
 
-def config_schema(plugin) -> dict:
-    """The method's {KEY: {"type", "default"}}, from the cache when the code behind it is unchanged."""
-    path = _schema_path(plugin)
+def config_schema(plugin, method_file: Path | None = None) -> dict:
+    """The method's {KEY: {"type", "default"}} (defaults after ``method_file``, when given), from the cache
+    when the code and files behind it are unchanged."""
+    path = _schema_path(plugin, method_file)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
-    schema = _build_schema(plugin)
+    schema = _build_schema(plugin, method_file)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -124,12 +149,12 @@ def value_fits(expected: str, value: str) -> bool:
     return {expected, got} <= {"tuple", "list"}
 
 
-def check_overrides(plugin, opts: list[str], verb: str = "run") -> None:
+def check_overrides(plugin, opts: list[str], verb: str = "run", method_file: Path | None = None) -> None:
     """Every KEY is a key of ``plugin``'s config and every VALUE fits its type (one-line errors)."""
     check_override_pairs(opts, verb)
     if not opts:
         return
-    schema = config_schema(plugin)
+    schema = config_schema(plugin, method_file)
     from zss_bench.engine.config import ConfigOverrideError, unknown_key_message
 
     for key, value in zip(opts[::2], opts[1::2]):
@@ -152,10 +177,8 @@ def check_run_request(method: str, protocol: str, *, opts: list[str], seed: int 
     check_override_pairs(list(opts), verb)
     plugin = get_method(method)
     proto = load_protocol(protocol)
-    if config_file and not Path(config_file).expanduser().is_file():
-        from zss_bench.engine.config import ConfigOverrideError
+    from zss_bench.engine.config import resolve_method_config
 
-        raise ConfigOverrideError(f"--config {config_file}: no such file (a method config YAML, e.g. "
-                                  f"{plugin.config_dir}/default.yaml)")
-    check_overrides(plugin, list(opts), verb)
+    method_file = resolve_method_config(plugin, proto, config_file)  # a missing --config file: one line
+    check_overrides(plugin, list(opts), verb, method_file)
     return plugin, proto

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from zss_bench.engine.run_folder import RunFolderError  # noqa: F401  (part of this module's API)
 from zss_bench.protocol import Protocol, load_protocol
 
 logger = logging.getLogger("zss_bench.run")
@@ -23,8 +23,9 @@ RECORD_POINTER = "record_dir.txt"
 SYNTH_WORLD = {"seed": 0, "size": 64, "n_train": 2000, "n_val": 300}
 
 
-class RunFolderError(ValueError):
-    """The training folder holds an earlier run that this command would destroy."""
+class RunRequestError(ValueError):
+    """A run request that cannot be carried out as given (weights that are not there, nothing to
+    evaluate); the message names the option and what was expected, before any work starts."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -116,31 +117,91 @@ def _resolve(req: RunRequest):
 
 
 def run_method(req: RunRequest) -> Path:
-    """Train and evaluate one (method, protocol, seed); return the run record's directory."""
-    from zss_bench.engine.launch import launch
+    """Train and evaluate one (method, protocol, seed); return the run record's directory.
 
+    Everything that can be refused is refused before any work: the seed, the output locations
+    (writable), the folder (locked by another run? holding another run's identity or an earlier
+    run's checkpoints? weights to evaluate?). A run refused or failing before it trains leaves no
+    stub folder behind."""
+    from zss_bench.engine import run_folder
+    from zss_bench.engine.launch import launch
+    from zss_bench.engine.preflight import check_seed
+    from zss_bench.records.store import default_results_root
+    from zss_bench.records.writable import check_writable_dir
+
+    check_seed(req.seed)  # numpy (detectron2's seed_all_rng) takes [0, 2**32): refused at second 0, not 11 s in
+    main_machine = req.machine_rank == 0
+    if main_machine:
+        check_writable_dir(req.results_root or default_results_root(), "--results")
+    if req.output_dir:
+        check_writable_dir(req.output_dir, "--output-dir")
     protocol, plugin, root, cfg = _resolve(req)
     out = Path(cfg.OUTPUT_DIR)
-    if not req.resume and not req.eval_only and out.exists():
+    if not req.output_dir:
+        check_writable_dir(out, "--work-dir")
+    identity = run_folder.run_identity(cfg, plugin, protocol, root)  # a bad --clip fails here, folder untouched
+    holder = (f"zss-bench run --method {req.method} --protocol {req.protocol} --seed {req.seed}"
+              + (" --resume" if req.resume else "") + (" --eval-only" if req.eval_only else ""))
+    with run_folder.claim(out, lock=main_machine, command=holder):
+        if main_machine:
+            _prepare_folder(req, plugin, cfg, out, identity)
+        launch(_worker, req.num_gpus, num_machines=req.num_machines, machine_rank=req.machine_rank,
+               dist_url=req.dist_url, args=(asdict(req), str(root), cfg.OUTPUT_DIR))
+    pointer = out / RECORD_POINTER
+    if not main_machine:
+        return out
+    if not pointer.is_file():
+        raise RuntimeError(f"run finished without writing a record (see the log in {out})")
+    return Path(pointer.read_text().strip())
+
+
+def _prepare_folder(req: RunRequest, plugin, cfg, out: Path, identity: dict) -> None:
+    """Under the folder's lock: refuse what would destroy or misfile a run, then write the identity and
+    ``config.yaml`` of this one."""
+    from zss_bench.engine import run_folder
+    from zss_bench.records.store import atomic_write_text
+
+    if not req.resume and not req.eval_only:
         earlier = sorted(p.name for p in out.glob("model_*.pth"))
         if (earlier or (out / "last_checkpoint").exists()) and not req.overwrite:
             shown = ", ".join(earlier[-3:]) or "last_checkpoint"
             raise RunFolderError(
                 f"{out} holds an earlier run's checkpoints ({shown}); --resume continues that run, "
                 "--overwrite deletes them and starts over, --output-dir DIR trains elsewhere")
+    else:
+        run_folder.check_identity(out, identity, cfg, "--eval-only" if req.eval_only else "--resume")
+    _check_weights(req, plugin, cfg, out)
+    if not req.resume and not req.eval_only:
         for stale in [*out.glob("model_*.pth"), out / "last_checkpoint", out / "metrics.json", out / RECORD_POINTER]:
             stale.unlink(missing_ok=True)  # --overwrite: a fresh run must not silently continue an old one
-    out.mkdir(parents=True, exist_ok=True)
     (out / RECORD_POINTER).unlink(missing_ok=True)
-    (out / "config.yaml").write_text(cfg.dump())
-    launch(_worker, req.num_gpus, num_machines=req.num_machines, machine_rank=req.machine_rank,
-           dist_url=req.dist_url, args=(asdict(req), str(root), cfg.OUTPUT_DIR))
-    pointer = out / RECORD_POINTER
-    if req.machine_rank != 0:
-        return out
-    if not pointer.is_file():
-        raise RuntimeError(f"run finished without writing a record (see the log in {out})")
-    return Path(pointer.read_text().strip())
+    run_folder.write_identity(out, identity)
+    atomic_write_text(out / "config.yaml", cfg.dump())
+
+
+def _check_weights(req: RunRequest, plugin, cfg, out: Path) -> None:
+    """The weights a run starts from must be there: the folder's last checkpoint (``--resume``,
+    ``--eval-only``) or ``MODEL.WEIGHTS``. ``--eval-only`` of a method that trains with neither would
+    score random weights, so it is refused; a missing ``MODEL.WEIGHTS`` file is named in one line."""
+    if not plugin.trains:
+        return  # training-free: nothing is loaded
+    pointer = out / "last_checkpoint"
+    if (req.resume or req.eval_only) and pointer.is_file():
+        name = pointer.read_text().strip()
+        if not (out / name).is_file():
+            raise RunFolderError(f"{pointer} names {name}, which is not in {out}; point it at a checkpoint "
+                                 f"that is there ({', '.join(sorted(p.name for p in out.glob('model_*.pth'))) or 'none'})")
+        return
+    weights = str(cfg.MODEL.WEIGHTS or "")
+    if not weights:
+        if req.eval_only:
+            raise RunRequestError(
+                f"--eval-only: {out} holds no checkpoint and no MODEL.WEIGHTS is given, so there are no trained "
+                f"weights of {plugin.name} to evaluate; train first, or pass MODEL.WEIGHTS /path/to/model.pth")
+        return
+    if "://" not in weights and not Path(weights).expanduser().is_file():
+        what = "is a folder, not a checkpoint file" if Path(weights).expanduser().is_dir() else "does not exist"
+        raise RunRequestError(f"MODEL.WEIGHTS {weights}: the file {what}")
 
 
 def _worker(req_dict: dict, root: str, output_dir: str) -> None:
@@ -194,6 +255,7 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
     from zss_bench.evaluation import score
     from zss_bench.records import collect_provenance, write_run
     from zss_bench.records.efficiency import efficiency_block
+    from zss_bench.records.fingerprint import fingerprint_dataset
     from zss_bench.records.paths import portable_path, portable_spec
 
     history = storage.history("total_loss") if storage is not None and "total_loss" in storage.histories() else None
@@ -215,18 +277,43 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
                      "weights": {**weights, **({"file": portable_path(weights["file"])} if "file" in weights else {})},
                      "output_dir": portable_path(output_dir)},
         "leakage": leakage,
-        "dataset": {"root": portable_path(root), "train_images": _train_size(cfg)},
+        "dataset": {"root": portable_path(root), "train_images": _train_size(cfg),
+                    "test_set": fingerprint_dataset(cfg.DATASETS.TEST[0], image_ids=cm.image_stats.ids)},
         "metrics": score(cm, protocol, n_boot=cfg.ZSS.N_BOOT, seed=cfg.SEED),
         "efficiency": efficiency_block(model, evaluation, step_seconds, output_dir, cfg.MODEL.DEVICE),
         "provenance": collect_provenance(seed=cfg.SEED, started=_iso(started), duration_s=round(time.time() - started, 1),
                                          world_size=comm.get_world_size(), device=cfg.MODEL.DEVICE),
     }
-    from zss_bench.records.store import default_results_root
+    from zss_bench.records.store import RecordError, atomic_write_text, default_results_root
 
     own = trains or ("file" in weights and Path(weights["file"]).resolve().parent == Path(output_dir).resolve())
     extra = _record_extras(record, output_dir, kept, own_training=own)
-    run_dir = write_run(req.results_root or default_results_root(), record, cm, extra_files=extra)
-    (Path(output_dir) / RECORD_POINTER).write_text(str(run_dir))
+    results = req.results_root or default_results_root()
+    try:
+        run_dir = write_run(results, record, cm, extra_files=extra)
+    except (OSError, RecordError) as exc:
+        raise RecordError(_unwritten_record_message(req, results, output_dir, weights, exc)) from exc
+    try:
+        atomic_write_text(Path(output_dir) / RECORD_POINTER, str(run_dir))
+    except OSError as exc:
+        raise RecordError(f"the run record was written to {run_dir}, but {output_dir} is no longer writable "
+                          f"({exc.strerror or exc})") from exc
+
+
+def _unwritten_record_message(req: RunRequest, results: str, output_dir: str, weights: dict, exc) -> str:
+    """Where the work of a run whose record could not be written is, and the command that writes the
+    record from it (the same run, ``--eval-only`` on its own folder: same identity, same weights)."""
+    import shlex
+
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    cmd = ["zss-bench", "run", "--method", req.method, "--protocol", req.protocol, "--seed", str(req.seed),
+           *(["--data-root", req.data_root] if req.data_root else []), *(["--clip", req.clip] if req.clip else []),
+           *(["--config", req.config_file] if req.config_file else []),
+           "--output-dir", output_dir, "--eval-only", "--results", "WRITABLE_DIR", *map(str, req.opts)]
+    where = (f"the weights are kept in {weights['file']}" if weights.get("file") else
+             "this method trains nothing, so nothing is lost")
+    return (f"could not write the run record under {results} ({why}); {where}; write the record with: "
+            f"{shlex.join(cmd)}")
 
 
 def _record_extras(record: dict, output_dir: str, kept: list, own_training: bool) -> dict:

@@ -4,16 +4,19 @@
 checkpointer, ETA printer, JSON metrics) with four changes: the seeded data stream of
 ``engine.data`` (rebuilt at the resumed iteration), DDP without ``device_ids`` on CPU (gloo),
 a per-iteration torch seed (so any randomness inside a model is reproducible across resumes),
-and a clear error plus a kept checkpoint when the loss turns NaN.
+and a clear error plus a kept checkpoint when the loss turns NaN. ``metrics.json`` holds each
+iteration once across resumes.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
 import torch
@@ -82,6 +85,46 @@ class _StopAtSafePoint(hooks.HookBase):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+
+class _CurvesWriter(JSONWriter):
+    """detectron2's JSONWriter (``metrics.json``), opened at its first write rather than when the trainer
+    is built: a resumed run first drops the lines of the iterations it is about to train again (those a
+    killed or diverged run wrote after its checkpoint), so the curves hold each iteration once."""
+
+    def __init__(self, json_file: str, start_iter, window_size: int = 20):
+        self._path, self._start_iter = json_file, start_iter
+        self._file_handle, self._window_size, self._last_write = None, window_size, -1
+
+    def write(self):
+        if self._file_handle is None:
+            self._trim(self._start_iter())
+            self._file_handle = open(self._path, "a", encoding="utf-8")
+        super().write()
+
+    def _trim(self, start: int) -> None:
+        try:
+            with open(self._path, encoding="utf-8") as fh:
+                lines = fh.readlines()
+        except FileNotFoundError:
+            return
+        keep = [line for line in lines if _iteration(line) < start]
+        if len(keep) != len(lines):
+            from zss_bench.records.store import atomic_write_text
+
+            atomic_write_text(self._path, "".join(keep))
+
+    def close(self):
+        if self._file_handle is not None:
+            self._file_handle.close()
+
+
+def _iteration(line: str) -> float:
+    """The iteration of a metrics.json line (a torn last line counts as after every iteration: dropped)."""
+    try:
+        return float(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class ZSSTrainer(DefaultTrainer):
@@ -183,7 +226,9 @@ class ZSSTrainer(DefaultTrainer):
         ret = [_StepClock(), hooks.IterationTimer(), _SeedEachStep(self.cfg.SEED), hooks.LRScheduler()]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
-            writers = [CommonMetricPrinter(self.max_iter), JSONWriter(f"{self.cfg.OUTPUT_DIR}/metrics.json")]
+            trainer = weakref.proxy(self)
+            writers = [CommonMetricPrinter(self.max_iter),
+                       _CurvesWriter(f"{self.cfg.OUTPUT_DIR}/metrics.json", lambda: trainer.start_iter)]
             try:  # TensorBoard event files beside metrics.json (detectron2's writer), when tensorboard is installed
                 import tensorboard  # noqa: F401
                 from detectron2.utils.events import TensorboardXWriter
@@ -205,12 +250,17 @@ class ZSSTrainer(DefaultTrainer):
                 # detectron2 checks the loss after backward() but before optimizer.step(), so
                 # the weights in memory are still the last finite ones. Keep `last_checkpoint`
                 # pointing at the periodic checkpoint so --resume does not skip the bad step.
+                # Before the first periodic checkpoint there is none to point at: `last_checkpoint`
+                # (which save() just aimed at the kept file) goes, so --resume starts from iteration 0.
                 kept = f"model_before_nan_iter_{self.iter:07d}"
                 self.checkpointer.save(kept)
                 if last:
                     self.checkpointer.tag_last_checkpoint(os.path.basename(last))
+                else:
+                    Path(self.checkpointer.save_dir, "last_checkpoint").unlink(missing_ok=True)
+            resume = "--resume continues from it" if last else "--resume starts again from iteration 0"
             raise TrainingDiverged(
                 f"training diverged: {str(exc).splitlines()[0]} Weights before that step were saved as "
-                f"{self.cfg.OUTPUT_DIR}/{kept}.pth; last periodic checkpoint: {last or 'none'}. "
+                f"{self.cfg.OUTPUT_DIR}/{kept}.pth; last periodic checkpoint: {last or 'none'} ({resume}). "
                 f"Lower SOLVER.BASE_LR or enable SOLVER.CLIP_GRADIENTS."
             ) from exc
