@@ -308,7 +308,7 @@ def _notes(part: pd.DataFrame, reference: str | None, eff: bool, n_boot: int) ->
     notes = []
     if reference:
         notes.append(f"ΔhIoU vs {reference}: paired bootstrap over the test images, per seed, averaged over the "
-                     f"seeds both rows have ({n_boot:,} resamples); paired with {reference}'s row of the same config "
+                     f"seeds both rows have ({n_boot:,} resamples; basic+jackknife 95 % interval, README: Confidence intervals); paired with {reference}'s row of the same config "
                      f"when it has one, else its default row ({reference}'s own other rows: against its default); "
                      "n/a where no seed pairs.")
     if eff and "machines" in part:
