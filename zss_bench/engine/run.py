@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zss_bench.engine.run_folder import RunFolderError  # noqa: F401  (part of this module's API)
+from zss_bench.engine.run_folder import RunFolderError, sha256_file  # noqa: F401  (RunFolderError: part of this API)
 from zss_bench.protocol import Protocol, load_protocol
 
 logger = logging.getLogger("zss_bench.run")
@@ -387,20 +387,7 @@ def _load_for_evaluation(model, cfg) -> tuple[int, dict]:
     marked = isinstance(checkpoint.get("trainer"), dict) and "zss_bench" in checkpoint["trainer"]
     if own or marked or (Path(path).parent / RECORD_POINTER).is_file():
         return iteration, {"origin": "trained here", "file": str(path)}
-    return iteration, {"origin": "imported", "file": str(path), "sha256": _sha256(path)}
-
-
-def _sha256(path) -> str | None:
-    import hashlib
-
-    try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    except OSError:  # a URL or catalog name detectron2 resolved itself
-        return None
+    return iteration, {"origin": "imported", "file": str(path), "sha256": sha256_file(path)}
 
 
 def _check_model(plugin, model) -> None:

@@ -50,7 +50,8 @@ class RunIdentityMismatch(RunFolderError):
 # --------------------------------------------------------------------------- identity
 
 
-def _sha256_file(path: Path) -> str | None:
+def sha256_file(path) -> str | None:
+    """sha256 of a file's bytes; None where it cannot be read (a URL or catalog name detectron2 resolves itself)."""
     try:
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -105,7 +106,7 @@ def run_identity(cfg, plugin, protocol, root) -> dict:
     return {"schema": IDENTITY_SCHEMA, "method": plugin.name,
             "protocol": {"name": protocol.name, "hash": protocol.content_hash},
             "seed": int(cfg.SEED), "clip": clip,
-            "data": {"root": str(root), "index_sha256": _sha256_file(index_dir(protocol, root) / "index.json")},
+            "data": {"root": str(root), "index_sha256": sha256_file(index_dir(protocol, root) / "index.json")},
             "config_hash": config_hash(cfg), "zss_bench": __version__,
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
