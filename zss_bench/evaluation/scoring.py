@@ -26,9 +26,11 @@ def _ci_percent(ci: dict) -> dict:
     for key in HEADLINE_KEYS:
         if key in ci:
             out[key] = {k: _pct(v) for k, v in ci[key].items()}
-    for key in ("n_boot", "seed", "alpha", "n_images"):
+    # the interval method (records before 2026-12-04 have none: percentile) and the classes a small test set
+    # missed (why an interval is wide), so a record says how its intervals were made
+    for key in ("n_boot", "seed", "alpha", "n_images", "method", "absent_classes"):
         if key in ci:
-            out[key] = ci[key]
+            out[key] = [int(c) for c in ci[key]] if key == "absent_classes" else ci[key]
     return out
 
 
