@@ -71,10 +71,21 @@ class CLIPSemanticHead(nn.Module):
 
     @torch.no_grad()
     def update_stats(self, teacher_entry: torch.Tensor) -> None:
+        """One EMA step of the teacher's entry-token statistics (per channel mean and unbiased std).
+
+        In a multi-process run the step's statistics are those of all ranks' tokens together (count-
+        weighted all_reduce, ``_global_mean_std``), so every rank makes the same update, the buffers
+        stay identical on all ranks (what each rank evaluates with and what the checkpoint holds), and
+        they are those of one process given the global batch (up to floating-point rounding). One
+        process computes exactly what it always did."""
         if self.token_norm != "teacher_stats":
             return
         tokens = teacher_entry[:, 1:].reshape(-1, teacher_entry.shape[-1]).float()
-        mean, std = tokens.mean(0), tokens.std(0).clamp_min(1e-4)
+        if _world_size() > 1:
+            mean, std = _global_mean_std(tokens)
+            std = std.clamp_min(1e-4)
+        else:
+            mean, std = tokens.mean(0), tokens.std(0).clamp_min(1e-4)
         if not bool(self.stats_ready):
             self.entry_mean.copy_(mean)
             self.entry_std.copy_(std)
@@ -127,6 +138,28 @@ class CLIPSemanticHead(nn.Module):
         b = tokens.shape[0]
         z = self.ln_post(tokens) @ self.proj
         return z.transpose(1, 2).reshape(b, -1, *grid)
+
+
+def _world_size() -> int:
+    """Processes in the default group (1 outside a distributed run): the same answer on every rank."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_mean_std(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and unbiased std of the (N_r, C) tokens of every rank together, identical on all
+    ranks: counts and sums all_reduced (float64), then the squared deviations from that global mean
+    (two passes: no cancellation). Ranks may hold different numbers of tokens."""
+    import torch.distributed as dist
+
+    x = tokens.double()
+    head = torch.cat([x.new_tensor([x.shape[0]]), x.sum(0)])
+    dist.all_reduce(head)
+    n, mean = head[0], head[1:] / head[0]
+    sq = (x - mean).pow(2).sum(0)
+    dist.all_reduce(sq)
+    return mean.to(tokens.dtype), (sq / (n - 1)).sqrt().to(tokens.dtype)
 
 
 class PlainProjection(nn.Module):

@@ -21,6 +21,15 @@ from .csh import CLIPSemanticHead, PlainProjection, entry_alignment_loss
 from .sgd import keep_fraction, selective_global_distillation
 
 
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) outside a distributed run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @META_ARCH_REGISTRY.register()
 class ChimeraSeg(ZSSSegmentor):
     def __init__(self, cfg):
@@ -122,14 +131,19 @@ class ChimeraSeg(ZSSSegmentor):
     def _crop_distillation(self, images, z, frac) -> torch.Tensor:
         """Sum over SGD.CROPS random crops of SGD between each crop's teacher CLS and the dense
         features inside it. Crop positions are drawn from (seed, iteration), so a resumed run
-        draws the same crops as an uninterrupted one."""
+        draws the same crops as an uninterrupted one; in a multi-process run they are drawn for the
+        global batch and each rank takes its own images' boxes (rank r holds global images
+        r*B..(r+1)*B-1, ``engine.data``), so ranks crop differently and the crops are those of one
+        process given the global batch."""
         c = self.cfg_c.SGD
         grid = tuple(z.shape[-2:])
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + current_iteration())
         rgb = self.rgb255(images)
         total = z.new_zeros(())
+        b = z.shape[0]
+        rank, world = _rank_and_world()
         for _ in range(c.CROPS):
-            boxes = crop_boxes(z.shape[0], grid, tuple(c.CROP_SCALE), gen)
+            boxes = crop_boxes(b * world, grid, tuple(c.CROP_SCALE), gen)[rank * b:(rank + 1) * b]
             cls = self.teacher.encode(crop_images(rgb, boxes, grid), ("cls",))["cls"]
             value, _ = selective_global_distillation(z, cls, frac, loss=c.LOSS, pool=c.POOL,
                                                      temperature=c.INFONCE_TEMPERATURE,

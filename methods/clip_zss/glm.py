@@ -16,9 +16,26 @@ def attention_pool(cls: torch.Tensor, dense: torch.Tensor, temperature: float) -
     return torch.einsum("bn,bdn->bd", weight, r), weight
 
 
+def gather_batch(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A multi-process run's whole batch of ``x`` (B, ...) -> (the global batch (world x B, ...) in rank
+    order, identical on every rank; where this rank's rows start). Rank r holds global images
+    r*B..(r+1)*B-1 (``engine.data``), so the order is that of one process given the global batch.
+    Detached (no gradient flows to other ranks); one process gets ``(x, 0)`` back unchanged."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts), dist.get_rank() * x.shape[0]
+
+
 class ClsMemoryBank(nn.Module):
     """FIFO of unit-norm CLS embeddings from earlier batches: InfoNCE negatives beyond the batch.
-    Persistent buffers (a few hundred embeddings), so a resumed run continues with the same bank."""
+    Persistent buffers (a few hundred embeddings), so a resumed run continues with the same bank.
+    In a multi-process run ``push`` is given the global batch (``gather_batch``), so every rank
+    enqueues every rank's entries in the same order and the banks stay identical (the bank of one
+    process given the global batch)."""
 
     def __init__(self, size: int, dim: int):
         super().__init__()
@@ -43,10 +60,13 @@ class ClsMemoryBank(nn.Module):
         self.filled.fill_(min(size, int(self.filled) + cls.shape[0]))
 
 
-def glm_infonce(pooled: torch.Tensor, cls: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+def glm_infonce(pooled: torch.Tensor, cls: torch.Tensor, negatives: torch.Tensor, temperature: float,
+                offset: int = 0) -> torch.Tensor:
     """InfoNCE of each image's pooled features against its own CLS (positive), the batch's other CLS and
-    the memory bank's (negatives). pooled, cls (B, D); negatives (M, D), unit norm."""
+    the memory bank's (negatives). pooled (B, D); cls (B', D), the batch's CLS, where image i's own is row
+    ``offset + i`` (a multi-process run passes the global batch's, ``gather_batch``, so the other ranks'
+    images are negatives as in one process); negatives (M, D), unit norm."""
     p = F.normalize(pooled, dim=-1)
     keys = torch.cat([F.normalize(cls.detach().to(p.dtype), dim=-1), negatives.to(p.dtype)], dim=0)
     logits = p @ keys.t() / temperature
-    return F.cross_entropy(logits, torch.arange(p.shape[0], device=p.device))
+    return F.cross_entropy(logits, offset + torch.arange(p.shape[0], device=p.device))

@@ -15,7 +15,7 @@ from zss_bench.modeling.segmentor import ZSSSegmentor
 from zss_bench.modeling.teacher import ClipTeacher
 from zss_bench.modeling.text import TextClassifier
 
-from .glm import ClsMemoryBank, attention_pool, glm_infonce
+from .glm import ClsMemoryBank, attention_pool, gather_batch, glm_infonce
 from .plm import PrototypeSynthesizer, multiscale_regions, plm_bce, region_means
 
 
@@ -58,8 +58,11 @@ class ClipZSSSeg(ZSSSegmentor):
         cls = teacher["cls"].float()
         if c.GLM.ENABLED:
             pooled, _ = attention_pool(cls, z, c.GLM.POOL_TEMPERATURE)
-            losses["loss_glm"] = c.GLM.WEIGHT * glm_infonce(pooled, cls, self.bank.negatives(), c.GLM.TEMPERATURE)
-            self.bank.push(cls)
+            # several processes: the global batch's CLS (negatives, and what every rank's bank enqueues)
+            batch_cls, offset = gather_batch(cls)
+            losses["loss_glm"] = c.GLM.WEIGHT * glm_infonce(pooled, batch_cls, self.bank.negatives(),
+                                                            c.GLM.TEMPERATURE, offset)
+            self.bank.push(batch_cls)
         if c.PLM.ENABLED:
             losses["loss_plm"] = c.PLM.WEIGHT * self._plm_loss(z, teacher[c.PLM.FEATURES].float(), cls, targets)
         return losses

@@ -7,6 +7,9 @@ position: iteration x total batch + rank offset) is fully determined by ``(seed,
 image comes from a seeded permutation of epoch ``p // N`` and its augmentation from
 ``np.random.default_rng([seed, p])``. Resuming at iteration ``i`` restarts the stream at
 ``p = i x batch`` and reproduces the uninterrupted run exactly, for any number of workers.
+In a multi-process run rank ``r`` takes positions ``i x total + r x per_rank + j``: ranks see
+different images with their own augmentation draws, and together exactly the global batch of one
+process with the same seed (same images, same augmentations, in rank order).
 """
 from __future__ import annotations
 

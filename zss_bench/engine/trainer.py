@@ -1,11 +1,22 @@
 """detectron2's training loop, made CPU-friendly, resumable bit-for-bit and NaN-safe.
 
 ``ZSSTrainer`` is detectron2's ``DefaultTrainer`` (SimpleTrainer, hooks, periodic
-checkpointer, ETA printer, JSON metrics) with four changes: the seeded data stream of
+checkpointer, ETA printer, JSON metrics) with five changes: the seeded data stream of
 ``engine.data`` (rebuilt at the resumed iteration), DDP without ``device_ids`` on CPU (gloo),
-a per-iteration torch seed (so any randomness inside a model is reproducible across resumes),
-and a clear error plus a kept checkpoint when the loss turns NaN. ``metrics.json`` holds each
+a per-iteration, per-rank torch seed (so any randomness inside a model is reproducible across
+resumes and differs between ranks), ranks kept identical in a multi-process run (see below), and
+a clear error plus a kept checkpoint when the loss turns NaN. ``metrics.json`` holds each
 iteration once across resumes.
+
+Multi-process runs: DDP averages the gradients, so parameters agree; buffers that a forward pass
+updates are each rank's own unless something syncs them. Every such buffer has a stated rule:
+BatchNorm running statistics are averaged over the ranks after every step (``_AverageBatchNormStats``;
+``nn.SyncBatchNorm`` does not run on CPU/gloo in torch 2.14, and SyncBN modules are already in sync),
+and a method's own buffers are synced inside its forward (Chimera-Seg's teacher statistics,
+CLIP-ZSS's memory bank). ``_RanksAgree`` checks after the first step, at every checkpoint and after
+the last step that every parameter and buffer is bit-identical on all ranks, and stops the run
+naming the first that is not. So the in-run evaluation (each rank scores its shard with its own
+copy), the checkpoint (rank 0's copy) and a resumed run all see the same model.
 """
 from __future__ import annotations
 
@@ -38,12 +49,139 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where the last good weights are."""
 
 
+def step_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    """The torch seed of one rank at one training step. Rank 0 keeps the one-process seed
+    (``seed x 1000003 + iteration``: runs recorded with one process reproduce bit for bit); other
+    ranks get a seed derived from (seed, iteration, rank), so dropout and any other randomness inside
+    the model differ between ranks (identical masks on every shard would not be N samples) while a
+    resumed run still draws exactly what the uninterrupted one drew."""
+    if rank == 0:
+        return int(seed) * 1_000_003 + int(iteration)
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(iteration), int(rank), 13]).generate_state(1, np.uint64)[0] >> 1)
+
+
 class _SeedEachStep(hooks.HookBase):
-    def __init__(self, seed: int):
-        self.seed = seed
+    def __init__(self, seed: int, rank: int = 0):
+        self.seed, self.rank = seed, rank
 
     def before_step(self):
-        torch.manual_seed(self.seed * 1_000_003 + self.trainer.iter)
+        torch.manual_seed(step_seed(self.seed, self.trainer.iter, self.rank))
+
+
+def _bn_modules_to_average(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """BatchNorm layers whose running statistics each rank updates from its own batch: every
+    ``_BatchNorm`` that tracks them, except the synchronised kinds (torch's SyncBatchNorm and
+    detectron2's NaiveSyncBatchNorm compute the same global statistics on every rank already)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    synced: tuple[type, ...] = (torch.nn.SyncBatchNorm,)
+    try:
+        from detectron2.layers.batch_norm import NaiveSyncBatchNorm
+
+        synced += (NaiveSyncBatchNorm,)
+    except ImportError:  # pragma: no cover  (detectron2 always has it)
+        pass
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and not isinstance(m, synced)
+            and m.track_running_stats and m.running_mean is not None]
+
+
+class _AverageBatchNormStats(hooks.HookBase):
+    """Multi-process runs: after every step, each BatchNorm's ``running_mean`` and ``running_var``
+    become their mean over the ranks (torch's SyncBatchNorm refuses CPU tensors, so it cannot be the
+    rule on gloo). The EMA update is linear, so ``running_mean`` is the EMA of the mean of the ranks'
+    batch means (the global batch mean: shards are equal), and ``running_var`` the EMA of the mean of
+    the ranks' unbiased batch variances, which leaves out the spread between the ranks' means (one
+    process over the global batch would include it). Training still normalises each rank's batch with
+    its own statistics (plain BN under DDP); ``NORM: SyncBN`` (GPU) uses the global batch's and is
+    left alone. ``num_batches_tracked`` is the same on every rank. Runs before the checkpointer, so
+    checkpoints hold the averaged statistics."""
+
+    def before_train(self):
+        self._modules = _bn_modules_to_average(self.trainer.bare_model)
+
+    def after_step(self):
+        # layers in eval mode (frozen) did not update: averaging equal values could still move their last bit
+        average_across_ranks([t for m in self._modules if m.training for t in (m.running_mean, m.running_var)])
+
+
+def average_across_ranks(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor, in place, by its mean over all ranks (sum / world size, the same bits on
+    every rank); one all_reduce per dtype and device."""
+    import torch.distributed as dist
+
+    world = comm.get_world_size()
+    if world == 1 or not tensors:
+        return
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        dist.all_reduce(flat)
+        flat.div_(world)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+class RanksDiverged(RuntimeError):
+    """A multi-process run's ranks no longer hold the same parameters or buffers."""
+
+
+def state_fingerprint(model: torch.nn.Module) -> tuple[list[str], torch.Tensor]:
+    """(names, int64 (n, 2)) for every trainable parameter and every buffer: the sum of its raw bit
+    patterns and a position-weighted sum (integer arithmetic, so the same bits give the same numbers
+    in any reduction order, and any changed element changes them). Frozen parameters are left out:
+    nothing writes them."""
+    names, rows = [], []
+    tensors = [(n, p) for n, p in model.named_parameters() if p.requires_grad] + list(model.named_buffers())
+    for name, t in tensors:
+        t = t.detach().contiguous().reshape(-1)
+        if t.is_floating_point():
+            t = t.view({1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+        bits = t.to(torch.int64)
+        weights = torch.arange(bits.numel(), device=bits.device, dtype=torch.int64) % 1_000_003 + 1
+        names.append(name)
+        rows.append(torch.stack([bits.sum(), (bits * weights).sum()]))
+    device = rows[0].device if rows else torch.device("cpu")
+    return names, torch.stack([r.to(device) for r in rows]) if rows else torch.zeros((0, 2), dtype=torch.int64)
+
+
+def check_ranks_agree(model: torch.nn.Module, when: str) -> None:
+    """Raise ``RanksDiverged`` on every rank if any trainable parameter or buffer differs between ranks."""
+    import torch.distributed as dist
+
+    if comm.get_world_size() == 1:
+        return
+    names, mine = state_fingerprint(model)
+    gathered = [torch.empty_like(mine) for _ in range(comm.get_world_size())]
+    dist.all_gather(gathered, mine)
+    every = torch.stack(gathered).cpu()  # (world, n, 2): one transfer, then compared on the host
+    differ = [names[i] for i in torch.nonzero((every != every[0]).any(dim=2).any(dim=0)).flatten().tolist()]
+    if differ:
+        raise RanksDiverged(
+            f"{when}, the {len(gathered)} processes hold different values of {len(differ)} tensor(s): "
+            f"{', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}. Each rank would evaluate its shard with "
+            f"a different model and the checkpoint would keep rank 0's; a buffer that a forward pass updates must "
+            f"be kept in sync across ranks (see zss_bench/engine/trainer.py, 'Multi-process runs').")
+
+
+class _RanksAgree(hooks.HookBase):
+    """Multi-process runs: after the first step, at every checkpoint and after the last step, check
+    that all ranks hold the same parameters and buffers (``check_ranks_agree``): a buffer that a new
+    method updates in its forward without syncing stops the run at its first step, not as numbers that
+    its own checkpoint does not reproduce. Runs before the checkpointer (no diverged checkpoint)."""
+
+    def __init__(self, period: int):
+        self.period = max(1, int(period))
+
+    def after_step(self):
+        it, first = self.trainer.iter, self.trainer.start_iter
+        if it == first or (it + 1) % self.period == 0 or it == self.trainer.max_iter - 1:
+            check_ranks_agree(self.trainer.bare_model, f"after iteration {it}")
 
 
 class _StepClock(hooks.HookBase):
@@ -127,6 +265,15 @@ def _iteration(line: str) -> float:
         return float("inf")
 
 
+def _no_forward_buffer_broadcast() -> dict:
+    """DDP's keyword for 'do not broadcast rank 0's buffers before every forward' (torch 2.14 renamed it)."""
+    import inspect
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 class ZSSTrainer(DefaultTrainer):
     def __init__(self, cfg, mapper: str = "semantic"):  # noqa: D401  (mirrors DefaultTrainer.__init__)
         TrainerBase.__init__(self)
@@ -138,8 +285,10 @@ class ZSSTrainer(DefaultTrainer):
         data_loader = build_train_loader(cfg, self.mapper, start_iter=0)
         if comm.get_world_size() > 1:
             device_ids = [comm.get_local_rank()] if cfg.MODEL.DEVICE.startswith("cuda") else None
-            model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False,
-                                            find_unused_parameters=True)
+            # no rank-0 buffer broadcast before each forward: the hooks and methods keep buffers in sync
+            # with their stated rules (see the module docstring) instead of discarding the other ranks'
+            model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True,
+                                            **_no_forward_buffer_broadcast())
         self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
@@ -223,7 +372,11 @@ class ZSSTrainer(DefaultTrainer):
             self._trainer._data_loader_iter = iter(loader)
 
     def build_hooks(self):
-        ret = [_StepClock(), hooks.IterationTimer(), _SeedEachStep(self.cfg.SEED), hooks.LRScheduler()]
+        ret = []
+        if comm.get_world_size() > 1:  # first: the step's buffers are synced (and checked) before anything saves them
+            ret += [_AverageBatchNormStats(), _RanksAgree(self.cfg.SOLVER.CHECKPOINT_PERIOD)]
+        ret += [_StepClock(), hooks.IterationTimer(), _SeedEachStep(self.cfg.SEED, comm.get_rank()),
+                hooks.LRScheduler()]
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
             trainer = weakref.proxy(self)
