@@ -92,6 +92,7 @@ def prepared(small_world, isolated_cache):
 
 
 def _request(world, tmp_path, method: str, out: Path, extra=(), **kw) -> RunRequest:
+    kw.setdefault("device", "cpu")  # gloo processes, also on a host with GPUs
     return RunRequest(method=method, protocol="synth-15-5", data_root=str(world), clip=MICRO, seed=5,
                       results_root=str(tmp_path / "results"), output_dir=str(out),
                       opts=tiny(4, 2, "ZSS.N_BOOT", "0", *extra), **kw)

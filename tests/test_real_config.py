@@ -9,7 +9,8 @@ the real layout, prepared with ``zss-bench prepare voc``). The run is its own pr
 wall time and peak resident memory are printed (``-s``) and attached as test properties.
 
 ``ZSS_TEST_REAL_SIZE`` (default 512) shrinks crops, windows, resize ranges and images to debug
-quickly (e.g. 128); the real figures are only those at 512.
+quickly (e.g. 128); the real figures are only those at 512. ``ZSS_TEST_DEVICE`` (default ``cpu``) is
+the ``MODEL.DEVICE`` of the run: ``cuda`` is the GPU smoke test of ``scripts/gpu_check.sh``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from zss_bench.records import load_run
 SIZE = int(os.environ.get("ZSS_TEST_REAL_SIZE", "512"))
 SHAPE = (SIZE * 3 // 4, SIZE)  # (H, W): 384 x 512 at the real size, a typical VOC image
 CLIP = "ViT-B-16:random"
+DEVICE = os.environ.get("ZSS_TEST_DEVICE", "cpu")
 
 
 def _with_class(rng: np.random.Generator, native: np.ndarray, ids: range, corner: int = 0) -> np.ndarray:
@@ -57,7 +59,7 @@ def voc_root(tmp_path):
 
 
 def _overrides() -> list[str]:
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
+    opts = ["MODEL.DEVICE", DEVICE, "MODEL.RESNETS.NORM", "BN", "MODEL.SEM_SEG_HEAD.NORM", "BN",
             "MODEL.RESNETS.DEPTH", "101", "INPUT.CROP.SIZE", f"({SIZE}, {SIZE})", "ZSS.EVAL.SLIDE_CROP", str(SIZE),
             "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1", "SOLVER.WARMUP_ITERS", "1",
             "DATALOADER.NUM_WORKERS", "0", "ZSS.N_BOOT", "10"]
@@ -94,6 +96,7 @@ def _check_real_config(rec: dict) -> None:
     assert Path(cfg["ZSS"]["CONFIG_FILE"]).name == "default.yaml"
     assert list(cfg["INPUT"]["CROP"]["SIZE"]) == [SIZE, SIZE] and cfg["ZSS"]["EVAL"]["SLIDE_CROP"] == SIZE
     assert rec["leakage"]["unseen_names_before_eval"] == []
+    assert rec["provenance"]["device"]["device"] == DEVICE == cfg["MODEL"]["DEVICE"]  # ZSS_TEST_DEVICE ran
     for key in ("hIoU", "mIoU_seen", "mIoU_unseen", "mIoU"):
         value = rec["metrics"].get(key)
         assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)

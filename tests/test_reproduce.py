@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_cli
 from run_helpers import tiny
-from zss_bench.engine.reproduce import ReproduceError, compare, plan, reproduce
+from zss_bench.engine.reproduce import ReproduceError, compare, plan, render, repeatable, reproduce
 from zss_bench.engine.run import RunRequest, run_method
 from zss_bench.metrics import ConfusionMatrix
 from zss_bench.protocol import load_protocol
@@ -160,6 +160,74 @@ def test_refuses_a_changed_protocol_other_clip_weights_or_gone_keys(prepared_wor
 
     with pytest.raises(ReproduceError, match="evaluated the checkpoint .* which is not here"):
         plan(load_run(_scratch_copy(prepared_world, tmp_path / "d", moved_weights)))
+
+
+def _on_cuda(rec: dict, requested: bool | None = None, ops=()) -> None:
+    """Make a (copied) record say it ran on CUDA, with or without deterministic mode."""
+    rec["provenance"]["device"].update(device="cuda", device_name="NVIDIA H200")
+    rec["efficiency"].update(device="cuda", peak_memory_kind="cuda_max_allocated")
+    rec["provenance"].pop("deterministic", None)
+    if requested is not None:
+        rec["provenance"]["deterministic"] = {"requested": requested, "nondeterministic_ops": list(ops),
+                                              "repeatable": requested and not ops}
+
+
+def test_identical_needs_two_runs_deterministic_on_one_device_type():
+    """CPU runs count as deterministic (the committed CPU records reproduce identically); CUDA runs only
+    in deterministic mode with no op reported as non-deterministic; never across device types."""
+    def rec(device=None, requested=None, ops=(), **eff):
+        out = {"provenance": {"device": {"device": device}} if device else {}, "efficiency": dict(eff)}
+        if device == "cuda":
+            _on_cuda(out, requested, ops)
+        return out
+
+    cpu, cuda_plain, cuda_det = rec("cpu"), rec("cuda"), rec("cuda", True)
+    cpu_before_device_names = rec(peak_memory_kind="cpu_peak_rss")  # only its memory kind says CPU
+    assert repeatable(cpu, cpu) and repeatable(cpu, cpu_before_device_names)
+    assert repeatable(cuda_det, cuda_det)
+    assert not repeatable(cuda_plain, cuda_plain) and not repeatable(cuda_det, cuda_plain)
+    assert not repeatable(cuda_det, rec("cuda", True, ["upsample_bilinear2d_backward_out_cuda"]))
+    assert not repeatable(cpu, cuda_det) and not repeatable(cuda_det, cpu)
+    assert not repeatable({}, {})  # a record that does not say where it ran
+
+
+def test_same_matrix_is_within_noise_unless_both_runs_were_deterministic_on_one_device(prepared_world, tmp_path):
+    protocol = load_protocol("synth-15-5")
+    old = load_run(prepared_world["run"])
+    on_cuda = load_run(_scratch_copy(prepared_world, tmp_path / "a", _on_cuda))
+    result = compare(old, on_cuda, protocol, n_boot=50)
+    assert result["identical_confusion"] and result["verdict"] == "within noise"
+    assert all(r["delta"] == 0 and r["ci_covers_0"] for r in result["metrics"].values())
+    assert result["determinism"]["recorded"]["device"] == "cpu" and result["determinism"]["new"]["device"] == "cuda"
+    assert ("verdict: within noise (the same confusion matrix, but 'identical' needs two runs deterministic on one "
+            "device type: recorded on cpu, re-run on cuda)") in render(result, old, on_cuda)
+
+    det_a, det_b = (load_run(_scratch_copy(prepared_world, tmp_path / n, lambda r: _on_cuda(r, True))) for n in "bc")
+    assert compare(det_a, det_b, protocol, n_boot=50)["verdict"] == "identical"
+    plain = load_run(_scratch_copy(prepared_world, tmp_path / "d", lambda r: _on_cuda(r, False)))
+    result = compare(det_a, plain, protocol, n_boot=50)
+    assert result["verdict"] == "within noise" and "the re-run run was not deterministic on cuda" in render(
+        result, det_a, plain)
+    leaky = load_run(_scratch_copy(prepared_world, tmp_path / "e", lambda r: _on_cuda(r, True, ["index_add_cuda_"])))
+    result = compare(det_a, leaky, protocol, n_boot=50)
+    assert result["verdict"] == "within noise" and "index_add_cuda_" in render(result, det_a, leaky)
+
+
+def test_a_cuda_record_reruns_on_cuda_where_there_is_one(prepared_world, tmp_path, monkeypatch):
+    import zss_bench.engine.launch as launch
+
+    cuda_record = load_run(_scratch_copy(prepared_world, tmp_path, lambda r: _on_cuda(r, True)))
+    monkeypatch.setattr(launch, "visible_gpus", lambda: 0)
+    p = plan(cuda_record)
+    assert p.device == "cpu" and any("no CUDA device is visible here" in n for n in p.notes)
+    assert "MODEL.DEVICE" not in p.opts  # the device is the plan's, never a carried override
+    monkeypatch.setattr(launch, "visible_gpus", lambda: 1)
+    assert plan(cuda_record).device == "cuda"
+    two = load_run(_scratch_copy(prepared_world, tmp_path / "two",
+                                 lambda r: (_on_cuda(r, True), r["training"].update(world_size=2))))
+    with pytest.raises(ReproduceError, match="ran 2 processes on 2 GPUs, but only 1 CUDA device visible here"):
+        plan(two)
+    assert plan(load_run(prepared_world["run"])).device == "cpu"  # a CPU record re-runs on the CPU, GPUs or not
 
 
 def test_refuses_to_write_into_the_results_root(prepared_world, capsys):

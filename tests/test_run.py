@@ -145,7 +145,7 @@ def test_two_gloo_processes_aggregate_like_one(prepared, tmp_path):
     run_method(_request(prepared, tmp_path, output_dir=str(train_dir), opts=tiny(4, 1000)))
     one = run_method(_request(prepared, tmp_path, output_dir=str(train_dir), eval_only=True, opts=tiny(4, 1000)))
     two = run_method(_request(prepared, tmp_path, output_dir=str(train_dir), eval_only=True, num_gpus=2,
-                              opts=tiny(4, 1000)))
+                              device="cpu", opts=tiny(4, 1000)))  # gloo, also on a host with one GPU
     rec_two = load_run(two).record
     assert rec_two["provenance"]["world_size"] == 2
     (m1, cm1), (m2, cm2) = _record_core(one), _record_core(two)
@@ -191,7 +191,7 @@ def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolat
     grid = tmp_path / "grid.yaml"
     grid.write_text("protocol: synth-15-5\ncells:\n"
                     "  - {method: seen-only, label: base, seeds: [0]}\n"
-                    "  - {method: seen-only, label: re-scored, eval_of: base, opts: [MODEL.SEM_SEG_HEAD.LOSS_WEIGHT, '2.0'], seeds: [0]}\n")
+                    "  - {method: seen-only, label: re-scored, eval_of: base, opts: [MODEL.SEEN_ONLY.LOSS_WEIGHT, '2.0'], seeds: [0]}\n")
     args = dict(results=str(tmp_path / "results"), work_dir=str(tmp_path / "work"), extra=tiny(3),
                 data_root=str(prepared))
     assert run_grid(grid, **args) == 0
@@ -201,7 +201,7 @@ def test_grid_eval_of_cell_reuses_the_base_checkpoint(prepared, tmp_path, isolat
     assert again["training"]["eval_only"] and not base["training"]["eval_only"]
     weights = Path(base["training"]["output_dir"]) / "model_final.pth"
     assert again["method"]["config"]["MODEL"]["WEIGHTS"] == str(weights)
-    assert again["method"]["config"]["MODEL"]["SEM_SEG_HEAD"]["LOSS_WEIGHT"] == 2.0  # the cell's own opts apply
+    assert again["method"]["config"]["MODEL"]["SEEN_ONLY"]["LOSS_WEIGHT"] == 2.0  # the cell's own opts apply
     for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc", "per_class"):  # same weights, same inference
         assert again["metrics"][key] == base["metrics"][key]
     orphan = tmp_path / "orphan.yaml"

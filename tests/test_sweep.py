@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 from run_helpers import TINY, synth_world
 
-KEYS = ("MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", "SOLVER.BASE_LR")
+KEYS = ("MODEL.SEEN_ONLY.LOSS_WEIGHT", "SOLVER.BASE_LR")
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_submitit_debug_executor_runs_a_tiny_sweep(prepared, tmp_path, capsys):
     assert rc == 0 and len(ex.jobs) == 2
     recs = [r.record for r in iter_runs(tmp_path / "results", on_skip=lambda m: None)]
     assert sorted(r["provenance"]["seed"] for r in recs) == [0, 1]
-    assert {r["method"]["label"] for r in recs} == {"SEM_SEG_HEAD.LOSS_WEIGHT=1.5"}
+    assert {r["method"]["label"] for r in recs} == {"SEEN_ONLY.LOSS_WEIGHT=1.5"}
 
 
 def test_ablate_rejects_bad_seeds_and_keys(capsys):

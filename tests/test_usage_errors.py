@@ -109,10 +109,19 @@ CASES = {
                    "--dry-run"],
     "ablate-method": ["ablate", "--method", "chimerra", "--protocol", "synth-15-5", "--grid", "SOLVER.MAX_ITER=1,2",
                       "--dry-run"],
+    # issue #25: a key nothing reads is refused as fast as a typo (the same list as the real build)
+    "run-refused": ["run", "--method", "chimera", "--protocol", "synth-15-5", "CUDNN_BENCHMARK", "True"],
+    "run-switched-off": ["run", "--method", "chimera", "--protocol", "synth-15-5", "SOLVER.MOMENTUM", "0.5"],
+    "ablate-refused": ["ablate", "--method", "chimera", "--protocol", "synth-15-5", "--grid",
+                       "SOLVER.AMP.ENABLED=True,False", "--dry-run"],
 }
 EXPECTED = {"run-method": "did you mean 'chimera'", "run-key": "did you mean SOLVER.MAX_ITER?",
             "run-value": "SOLVER.BASE_LR expects float", "ablate-key": "did you mean SOLVER.MAX_ITER?",
-            "ablate-method": "did you mean 'chimera'"}
+            "ablate-method": "did you mean 'chimera'",
+            "run-refused": "CUDNN_BENCHMARK is not used by zss-bench run; detectron2 applies it in default_setup()",
+            "run-switched-off": "SOLVER.MOMENTUM is not used while SOLVER.OPTIMIZER is ADAMW",
+            "ablate-refused": "SOLVER.AMP.ENABLED is not used by zss-bench run; training always runs detectron2's "
+                              "SimpleTrainer in fp32"}
 
 
 def test_usage_errors_never_import_torch(tmp_path):

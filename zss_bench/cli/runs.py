@@ -26,12 +26,15 @@ def _method_config_line(method: str, protocol_arg: str, config_file: str | None)
 
 
 def cmd_run(args) -> int:
+    from zss_bench.engine.launch import describe, requested_device, resolve_device
     from zss_bench.engine.preflight import check_run_request
 
     opts = [*args.opts, *(["ZSS.LABEL", args.label] if args.label else [])]
     # names, keys, values, seed and paths before torch/detectron2 are imported (a usage error in < 1 s)
     check_run_request(args.method, args.protocol, opts=opts, seed=args.seed, config_file=args.config)
+    wanted = requested_device(args.device, opts)  # --device against a MODEL.DEVICE override: no torch yet
     print(_method_config_line(args.method, args.protocol, args.config), flush=True)
+    device = resolve_device(wanted, args.num_gpus)  # CUDA visible? enough GPUs? (one line if not)
     from zss_bench.engine.run import RunRequest, run_method
 
     req = RunRequest(method=args.method, protocol=args.protocol, data_root=args.data_root, clip=args.clip or "",
@@ -40,7 +43,7 @@ def cmd_run(args) -> int:
                      num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                      dist_url=args.dist_url, opts=opts,
                      results_root=args.results, work_root=args.work_dir, config_file=args.config,
-                     save_predictions=args.save_predictions)
+                     save_predictions=args.save_predictions, device=device)
     run_dir = run_method(req)
     if args.machine_rank == 0:
         from zss_bench.records import load_run
@@ -60,6 +63,8 @@ def cmd_run(args) -> int:
         unseen = set(_unseen_names(rec))
         print("  per-class IoU: " + ", ".join(f"{name}{'*' if name in unseen else ''} {fmt(v)}"
                                              for name, v in per_class.items()) + ("  (* unseen)" if unseen else ""))
+        print(f"  device: {describe(device, args.num_gpus, args.num_machines)}"
+              + (", deterministic mode" if (rec["provenance"].get("deterministic") or {}).get("requested") else ""))
         print(f"record: {run_dir}")
     return 0
 
@@ -110,8 +115,14 @@ def _executor(args):
     """The executor the grid/ablate flags ask for."""
     from zss_bench.engine.executors import LocalExecutor, SlurmOptions, SubmititExecutor
 
+    gpus_per_cell = getattr(args, "gpus_per_cell", None)
     if args.executor == "local":
-        return LocalExecutor(args.max_parallel)
+        return LocalExecutor(args.max_parallel, gpus_per_cell=gpus_per_cell)
+    if gpus_per_cell is not None:
+        from zss_bench.engine.preflight import UsageError
+
+        raise UsageError(f"--gpus-per-cell is for --executor local; a {args.executor} cell gets its GPUs "
+                         "from --gpus-per-node")
     options = SlurmOptions(partition=args.partition, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
                            time_min=args.time, mem_gb=args.mem_gb, account=args.account,
                            max_parallel=args.max_parallel if args.max_parallel > 1 else 64,
@@ -126,6 +137,10 @@ def _add_executor_args(p) -> None:
     g.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
                    help="local processes (default), a Slurm job array through submitit, or submitit's local executor")
     g.add_argument("--max-parallel", type=_at_least(1), default=1, help="cells at once (local: processes; slurm: the array's %%N)")
+    g.add_argument("--gpus-per-cell", type=_at_least(0), default=None, metavar="K",
+                   help="local, on a GPU host: GPUs each running cell gets through CUDA_VISIBLE_DEVICES, handed out "
+                        "round-robin (default: 1 when GPUs are visible, else 0; 0 = cells on the CPU; K > 1 adds "
+                        "--num-gpus K). --max-parallel x K may not exceed the visible GPUs")
     g.add_argument("--retry-failed", action="store_true", help="run only the cells that failed last time")
     g.add_argument("--partition", help="slurm partition")
     g.add_argument("--gpus-per-node", type=int, default=1, help="slurm GPUs per cell (a cell uses them through "
@@ -179,7 +194,11 @@ def add_run(sub) -> None:
     p.add_argument("--save-predictions", type=_at_least(0), default=0, metavar="N",
                    help="keep the first N test predictions (with ground truth and a small image copy) in the "
                         "record, for `zss-bench plot --kind overlays` and the report (default: 0)")
-    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs; on CPU: gloo processes)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the run computes, overriding MODEL.DEVICE: auto (default) = cuda when a CUDA device is "
+                        "visible, else cpu; the backend follows it (cuda: NCCL, one process per GPU; cpu: gloo)")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (cuda: one per GPU, at most the "
+                                                          "visible count; cpu: gloo processes)")
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 for multi-machine runs")

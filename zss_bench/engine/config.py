@@ -56,14 +56,23 @@ def add_zss_config(cfg) -> None:
     cfg.ZSS.LABEL = ""  # config label shown in leaderboards ("" = derived from overrides)
     cfg.ZSS.N_BOOT = 1000
     cfg.ZSS.PROGRESS = True
+    cfg.ZSS.DETERMINISTIC = False  # torch deterministic algorithms + cuDNN/cuBLAS determinism (engine.launch); not hashed
     cfg.ZSS.EVAL = CN()
     cfg.ZSS.EVAL.MODE = "whole"  # whole | slide
     cfg.ZSS.EVAL.SLIDE_CROP = 512
     cfg.ZSS.EVAL.SLIDE_STRIDE = 426
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # SGD | ADAMW
-    cfg.SOLVER.GRAD_CLIP = 0.0  # max grad norm; 0 = off
+    # Never read: setting it is refused (engine.unused_keys points to SOLVER.CLIP_GRADIENTS.*, which the
+    # optimizer applies). The key stays, at 0.0, because removing it would change every config hash.
+    cfg.SOLVER.GRAD_CLIP = 0.0
     declare_choices("ZSS.EVAL.MODE", ("whole", "slide"))
     declare_choices("SOLVER.OPTIMIZER", ("SGD", "ADAMW", "sgd", "adamw"))
+    # detectron2 string keys whose other values would silently do nothing (a RANDOM_FLIP typo = no flip)
+    # or fail only at the first training step
+    declare_choices("INPUT.RANDOM_FLIP", ("none", "horizontal", "vertical"))
+    declare_choices("SOLVER.LR_SCHEDULER_NAME", ("WarmupMultiStepLR", "WarmupCosineLR"))
+    declare_choices("SOLVER.WARMUP_METHOD", ("linear", "constant"))
+    declare_choices("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", ("value", "norm"))
 
 
 class ConfigOverrideError(ValueError):
@@ -82,10 +91,12 @@ def flat_keys(node, prefix: str = "") -> dict:
 
 
 def unknown_key_message(key: str, known) -> str:
-    """The one-line error for an override of a key the config does not have (with "did you mean")."""
+    """The one-line error for an override of a key the config does not have (with "did you mean": never a
+    key that may not be set)."""
+    from zss_bench.engine.unused_keys import is_refused
     from zss_bench.registry import suggest
 
-    known = list(known)
+    known = [k for k in known if not is_refused(k)] or list(known)
     parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
     close = suggest(key, [k for k in known if k.startswith(parent)] or known, n=1, cutoff=0.5) \
         or suggest(key, known, n=1, cutoff=0.5)
@@ -106,7 +117,11 @@ def _coerce(default, value):
 
 def apply_overrides(cfg, opts: list[str]) -> None:
     """``cfg.merge_from_list(opts)`` with one-line errors instead of yacs tracebacks: an odd
-    count, an unknown key (with "did you mean"), a value of the wrong type (with the expected one)."""
+    count, an unknown key (with "did you mean"), a key nothing reads or the run sets itself
+    (``engine.unused_keys``), a value of the wrong type (with the expected one), and a key that the
+    other keys switch off (``SOLVER.MOMENTUM`` under AdamW)."""
+    from zss_bench.engine.unused_keys import inactive_override, refusal
+
     if len(opts) % 2:
         raise ConfigOverrideError(f"overrides must be KEY VALUE pairs; got {len(opts)} items and "
                                   f"'{opts[-1]}' has no value")
@@ -117,12 +132,37 @@ def apply_overrides(cfg, opts: list[str]) -> None:
                                       f"(zss-bench run --method M --protocol P {key} ... KEY VALUE ...)")
         if key not in known:
             raise ConfigOverrideError(unknown_key_message(key, known))
+        refused = refusal(key)
+        if refused:
+            raise ConfigOverrideError(refused)
         try:
             cfg.merge_from_list([key, _coerce(known[key], value)])
         except (ValueError, AssertionError, SyntaxError) as exc:
             default = known[key]
             raise ConfigOverrideError(
                 f"{key} expects {type(default).__name__} (default {default!r}), got {value!r}") from None
+    effective = flat_keys(cfg)
+    inactive = inactive_override(list(opts), effective.get)
+    if inactive:
+        raise ConfigOverrideError(inactive)
+
+
+def check_method_file_keys(defaults: dict, merged: dict, path) -> None:
+    """A method config file that changes a key nothing reads (``engine.unused_keys.UNUSED``) is the
+    method author's error: one line naming the file. ``defaults``/``merged``: :func:`flat_keys` of the
+    config before/after the file. Keys the run sets itself may appear (a run's own config.yaml holds them)."""
+    from zss_bench.engine.unused_keys import unused_reason
+
+    for key, value in merged.items():
+        why = unused_reason(key)
+        if why is not None and key in defaults and _norm(value) != _norm(defaults[key]):
+            raise ConfigOverrideError(f"method config {path}: {key} is not used by zss-bench run; {why} "
+                                      f"(remove it from the file)")
+
+
+def _norm(value):
+    """Tuples and lists compare equal (a YAML list for a tuple default is the same setting)."""
+    return [_norm(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root: str = "", clip: str = "",
@@ -136,7 +176,9 @@ def build_run_config(plugin, protocol, *, seed: int, output_dir: str, data_root:
     add_zss_config(cfg)
     plugin.add_config(cfg)
     method_file = resolve_method_config(plugin, protocol, config_file)
+    defaults = flat_keys(cfg)
     _merge_method_file(cfg, method_file)
+    check_method_file_keys(defaults, flat_keys(cfg), method_file)
     opts = list(opts or [])
     apply_overrides(cfg, opts)
     from zss_bench.plugins import check_meta_architecture

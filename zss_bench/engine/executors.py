@@ -36,7 +36,9 @@ class CellJob:
     def __call__(self) -> int:
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            log.write(f"$ {' '.join(self.argv)}\n".encode())
+            devices = self.env.get("CUDA_VISIBLE_DEVICES")  # which GPU(s) the cell ran on, for its log
+            shown = f"CUDA_VISIBLE_DEVICES={devices} " if devices is not None else ""
+            log.write(f"$ {shown}{' '.join(self.argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     env={**os.environ, **self.env})
@@ -53,23 +55,115 @@ class CellJob:
         return rc
 
 
-class LocalExecutor:
-    """Up to ``max_parallel`` cells at once on this machine, the CPU threads split between them."""
+def _cuda_device_count() -> int:
+    """CUDA devices torch sees (0 without CUDA or without torch). The grid has imported torch already to
+    hash the cells' configs, so this costs nothing there; tests replace it to fake a GPU host."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
-    def __init__(self, max_parallel: int = 1):
+
+def visible_devices() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries: the parent's own list when it has
+    one (indices or GPU-/MIG- UUIDs; CUDA stops at the first invalid entry, e.g. -1), else ``0..N-1``."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(_cuda_device_count())]
+    out = []
+    for entry in (e.strip() for e in listed.split(",")):
+        if not entry or entry.lstrip("-").isdigit() and int(entry) < 0:
+            break
+        out.append(entry)
+    return out
+
+
+class LocalExecutor:
+    """Up to ``max_parallel`` cells at once on this machine, the CPU threads split between them. On a GPU host
+    each running cell gets its own ``gpus_per_cell`` GPUs through ``CUDA_VISIBLE_DEVICES`` (without it, every
+    cell would compute on the same first GPU): the visible devices are cut into groups of that size, handed
+    out round-robin as cells start and returned when they end, so no two running cells share a GPU.
+    The GPUs are counted when cells are about to run (counting imports torch, which a usage error must not)."""
+
+    def __init__(self, max_parallel: int = 1, gpus_per_cell: int | None = None, devices: list[str] | None = None):
+        from zss_bench.engine.preflight import UsageError
+
         if max_parallel < 1:
-            raise ValueError(f"--max-parallel must be >= 1, got {max_parallel}")
-        self.max_parallel = max_parallel
+            raise UsageError(f"--max-parallel must be >= 1, got {max_parallel}")
+        if gpus_per_cell is not None and gpus_per_cell < 0:
+            raise UsageError(f"--gpus-per-cell must be >= 0, got {gpus_per_cell}")
+        self.max_parallel, self._asked, self._devices = max_parallel, gpus_per_cell, devices
+        self._resolved: tuple[list[str], int, list[list[str]]] | None = None
+
+    def _resolve(self) -> tuple[list[str], int, list[list[str]]]:
+        """(visible devices, GPUs per cell, the device groups); a one-line error when they cannot fit."""
+        if self._resolved is None:
+            from zss_bench.engine.preflight import UsageError
+
+            devices = list(visible_devices() if self._devices is None else self._devices)
+            k = (1 if devices else 0) if self._asked is None else int(self._asked)
+            need = self.max_parallel * k
+            if need > len(devices):
+                seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+                where = f" (CUDA_VISIBLE_DEVICES={seen})" if seen is not None else ""
+                raise UsageError(f"--max-parallel {self.max_parallel} x --gpus-per-cell {k} needs {need} "
+                                 f"GPU{'' if need == 1 else 's'}, but {len(devices)} "
+                                 f"{'is' if len(devices) == 1 else 'are'} visible{where}; lower --max-parallel or "
+                                 "--gpus-per-cell (0 = cells on the CPU)")
+            # the device groups; a GPU left over when the count is not a multiple of K is not used
+            groups = [devices[i:i + k] for i in range(0, len(devices) - k + 1, k)] if k else []
+            self._resolved = (devices, k, groups)
+        return self._resolved
+
+    @property
+    def devices(self) -> list[str]:
+        return self._resolve()[0]
+
+    @property
+    def gpus_per_cell(self) -> int:
+        return self._resolve()[1]
+
+    def describe(self) -> str:
+        """One line: how the cells share this machine."""
+        if self.gpus_per_cell:
+            return (f"local: up to {self.max_parallel} cell(s) at once, each on {self.gpus_per_cell} of "
+                    f"{len(self.devices)} visible GPU(s) (CUDA_VISIBLE_DEVICES per cell)")
+        gpus = " with no GPU (CUDA_VISIBLE_DEVICES='')" if self.devices else ""
+        return f"local: up to {self.max_parallel} cell(s) at once{gpus}"
 
     def run(self, jobs: list[CellJob], on_done=None) -> list[int]:
+        import queue
+
+        if not jobs:
+            return []
+        devices, per_cell, groups = self._resolve()
         threads = max(1, (os.cpu_count() or 1) // self.max_parallel)
         for job in jobs:
             job.echo = self.max_parallel == 1
             if self.max_parallel > 1:  # N processes x all cores each would thrash
                 job.env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **job.env}
+            if per_cell > 1:  # a multi-GPU cell: detectron2's launcher starts one process per GPU
+                at = job.argv.index("run") + 1 if "run" in job.argv else len(job.argv)
+                if "--num-gpus" not in job.argv:
+                    job.argv[at:at] = ["--num-gpus", str(per_cell)]
+            if devices and not per_cell:  # --gpus-per-cell 0 on a GPU host: the CPU
+                job.env = {**job.env, "CUDA_VISIBLE_DEVICES": ""}
+        if devices:
+            print(self.describe(), flush=True)
+        free: queue.Queue = queue.Queue()
+        for group in groups:
+            free.put(group)
 
         def one(job: CellJob) -> int:
-            rc = job()
+            group = free.get() if groups else None  # never waits: at most max_parallel <= groups run
+            try:
+                if group is not None:
+                    job.env = {**job.env, "CUDA_VISIBLE_DEVICES": ",".join(group)}
+                rc = job()
+            finally:
+                if group is not None:
+                    free.put(group)  # to the back of the queue: round-robin over the devices
             if on_done is not None:
                 on_done(job, rc)
             return rc

@@ -6,8 +6,12 @@ from __future__ import annotations
 # enter the config hash, so seeds and output folders of one configuration group together.
 # MODEL.WEIGHTS names a file (a re-scored cell's own checkpoint differs per seed), not a choice;
 # the protocol's file and the method's config file are where the choices came from, not the choices.
+# MODEL.DEVICE and ZSS.DETERMINISTIC say how the numbers are computed (which device, which kernels), not
+# what is trained: CPU, CUDA and deterministic runs of one config are seeds of one cell, and each record
+# names its device and determinism (provenance.device, provenance.deterministic) for `reproduce`.
 NOT_HASHED = ("SEED", "OUTPUT_DIR", "ZSS.DATA_ROOT", "ZSS.LABEL", "SOLVER.CHECKPOINT_PERIOD", "DATALOADER.NUM_WORKERS",
-              "MODEL.DEVICE", "ZSS.N_BOOT", "ZSS.PROGRESS", "MODEL.WEIGHTS", "ZSS.PROTOCOL_FILE", "ZSS.CONFIG_FILE")
+              "MODEL.DEVICE", "ZSS.N_BOOT", "ZSS.PROGRESS", "MODEL.WEIGHTS", "ZSS.PROTOCOL_FILE", "ZSS.CONFIG_FILE",
+              "ZSS.DETERMINISTIC")
 
 
 def overrides_label(opts: list[str], skip: tuple[str, ...] = ()) -> str:

@@ -1,20 +1,186 @@
-"""Start 1..N processes per machine: detectron2's launcher on GPUs, the same scheme on CPU.
+"""Start 1..N processes per machine on the device the run asked for, with the process-group backend
+that device needs.
 
-detectron2 0.6's ``launch`` insists on CUDA + NCCL; on CPU we start the processes the same way
-with the gloo backend (and set up detectron2's per-machine process group), so
-``--num-gpus 2`` on a CPU machine runs 2 gloo processes: enough to test the distributed path
+One rule decides the device and the launcher together (:func:`resolve_device`, :func:`backend_for`):
+``--device auto`` (the default) is CUDA when a CUDA device is visible, else the CPU; ``--device cpu``
+or ``cuda`` says it outright; the choice overrides the config's ``MODEL.DEVICE``. A CUDA run goes
+through detectron2's launcher (NCCL, one process per GPU); a CPU run starts its processes the same
+way with the gloo backend (and detectron2's per-machine process group), also on a machine that has
+GPUs. So ``--num-gpus 2`` on a CPU machine runs 2 gloo processes: enough to test the distributed path
 (sharded evaluation, ``all_reduce`` of the confusion matrix, DDP) anywhere.
+
+``ZSS.DETERMINISTIC`` (:func:`determinism_scope` in the launching process, :func:`apply_determinism` in
+each worker) switches on torch's deterministic algorithms, cuDNN determinism and the cuBLAS
+workspace setting; ops that have no deterministic CUDA kernel still run (``warn_only``) and are
+named in the record, which is what ``zss-bench reproduce`` reads.
+
+Import-light: torch and detectron2 are imported by the functions that need them, so ``zss-bench run``
+can refuse a contradictory device request before they load.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import socket
+import warnings
 
-import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from detectron2.engine import launch as d2_launch
-from detectron2.utils import comm
+DEVICES = ("auto", "cpu", "cuda")
+# cuBLAS is deterministic only with one of these workspace configurations (CUDA >= 10.2)
+CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+# torch's two wordings: an op without a deterministic kernel (warn_only), and a kernel that stays
+# non-deterministic unless warn_only is off (memory-efficient attention's backward)
+_NONDETERMINISTIC = re.compile(r"^(\S+) does not have a deterministic implementation|"
+                               r"^(.+?) defaults to a non-deterministic algorithm")
+_OPS: set[str] = set()  # ops torch reported as non-deterministic in this process since apply_determinism
+
+
+def _usage_error(message: str) -> Exception:
+    from zss_bench.engine.preflight import UsageError
+
+    return UsageError(message)
+
+
+def device_type(device: str) -> str:
+    """``cuda`` for ``cuda``/``cuda:N``, else ``cpu``: the device *type* that decides the backend and
+    whether a run can repeat bit for bit."""
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def backend_for(device: str) -> str:
+    """The process-group backend of a run on ``device``: NCCL for CUDA, gloo for the CPU. A CPU model
+    on an NCCL group fails when DDP is built, so the backend follows the device, never the machine."""
+    return "nccl" if device_type(device) == "cuda" else "gloo"
+
+
+def requested_device(device: str = "auto", opts=()) -> str:
+    """``--device`` reconciled with a ``MODEL.DEVICE`` override among ``opts``, without torch:
+    ``auto``, ``cpu`` or ``cuda``. With ``--device auto`` an explicit ``MODEL.DEVICE`` override is the
+    request; ``--device cpu|cuda`` with a different ``MODEL.DEVICE`` override is an error (one line)."""
+    if device not in DEVICES:
+        raise _usage_error(f"--device {device}: choose one of {', '.join(DEVICES)}")
+    opts = [str(o) for o in opts]
+    given = [v for k, v in zip(opts[::2], opts[1::2]) if k == "MODEL.DEVICE"]
+    if not given:
+        return device
+    value = given[-1]  # the last override wins, as in the config
+    if value not in ("cpu", "cuda"):
+        raise _usage_error(f"MODEL.DEVICE {value}: give the device type only, cpu or cuda (process i of a run "
+                           "uses GPU i; choose the GPUs with CUDA_VISIBLE_DEVICES), or use --device")
+    if device != "auto" and value != device:
+        raise _usage_error(f"--device {device} contradicts the override MODEL.DEVICE {value}: give one of them")
+    return value
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process can use (0 without CUDA); does not initialise CUDA."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(device: str = "auto", num_gpus: int = 1) -> str:
+    """The device type a run on this machine uses, ``cpu`` or ``cuda``: ``auto`` is CUDA when a CUDA
+    device is visible. Asking for CUDA where none is visible, or for more processes on CUDA than there
+    are visible GPUs, is a one-line error naming both numbers (detectron2 would stop at an assert)."""
+    if device not in DEVICES:  # a concrete device from an earlier resolution passes through unchanged
+        device = device_type(device)
+    visible = visible_gpus()
+    kind = ("cuda" if visible else "cpu") if device == "auto" else device
+    if kind == "cuda" and not visible:
+        raise _usage_error("--device cuda: no CUDA device is visible here (torch.cuda.is_available() is False); "
+                           "use --device cpu, or --device auto")
+    procs = max(1, int(num_gpus))
+    if kind == "cuda" and procs > visible:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else ""
+        raise _usage_error(f"--num-gpus {procs}: only {visible} CUDA device{'s' if visible != 1 else ''} visible "
+                           f"here{where}; ask for at most {visible}, or --device cpu for {procs} gloo processes")
+    return kind
+
+
+def describe(device: str, num_gpus: int = 1, num_machines: int = 1) -> str:
+    """``cuda, 2 processes (NCCL)``: the one line ``zss-bench run`` prints before it starts."""
+    procs = max(1, int(num_gpus)) * max(1, int(num_machines))
+    if procs == 1:
+        return f"{device} (1 process)"
+    return f"{device}, {procs} processes ({'NCCL' if backend_for(device) == 'nccl' else 'gloo'})"
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def _audit_warning(message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` while deterministic mode is on: note each op torch reports as having
+    no deterministic implementation, and show its warning once (torch warns on every call)."""
+    found = _NONDETERMINISTIC.match(str(message))
+    if found:
+        op = found.group(1) or found.group(2)
+        if op in _OPS:
+            return
+        _OPS.add(op)
+    _audit_warning.forward(message, category, filename, lineno, file, line)
+
+
+_audit_warning.forward = warnings.showwarning
+
+
+def apply_determinism(enabled: bool) -> None:
+    """In a worker, before the model is built: ``ZSS.DETERMINISTIC`` on or off for this process.
+    On: torch's deterministic algorithms (``warn_only``: an op with no deterministic CUDA kernel still
+    runs, and :func:`nondeterministic_ops` names it), cuDNN determinism without autotuning, the cuBLAS
+    workspace setting (inherited from :func:`determinism_scope`; set here too for workers started by
+    another launcher, before this process first uses cuBLAS), and no memory-efficient attention kernel
+    (its backward is non-deterministic under ``warn_only``; attention then takes the math kernel)."""
+    import torch
+
+    _OPS.clear()
+    torch.use_deterministic_algorithms(bool(enabled), warn_only=True)
+    torch.backends.cudnn.deterministic = bool(enabled)
+    if not enabled:
+        return
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in CUBLAS_DETERMINISTIC:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]
+    warnings.filterwarnings("always", message=_NONDETERMINISTIC.pattern)  # every op reaches the audit...
+    if warnings.showwarning is not _audit_warning:
+        _audit_warning.forward = warnings.showwarning
+        warnings.showwarning = _audit_warning  # ...which shows each once
+
+
+def nondeterministic_ops() -> list[str]:
+    """Ops that ran without a deterministic implementation in this process since :func:`apply_determinism`."""
+    return sorted(_OPS)
+
+
+@contextlib.contextmanager
+def determinism_scope(enabled: bool):
+    """Around a launch, in the launching process: with ``enabled``, the cuBLAS workspace setting is in the
+    environment before any worker starts (spawned workers inherit it; cuBLAS reads it when first used).
+    Afterwards torch's determinism switches, the warning hooks and the variable are as they were, so a
+    run in this process (one process, the Python API, the tests) leaves none of them behind."""
+    import torch
+
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.backends.cuda.mem_efficient_sdp_enabled())
+    if enabled and saved[4] not in CUBLAS_DETERMINISTIC:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC[0]
+    try:
+        with warnings.catch_warnings():  # restores warnings.showwarning and the filters
+            yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+        torch.backends.cuda.enable_mem_efficient_sdp(saved[5])
+        if saved[4] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved[4]
+
+
+# --------------------------------------------------------------------------- launch
 
 
 def _free_port() -> int:
@@ -24,6 +190,10 @@ def _free_port() -> int:
 
 
 def _cpu_worker(local_rank, main_func, world_size, procs_per_machine, machine_rank, dist_url, args):
+    import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
     rank = machine_rank * procs_per_machine + local_rank
     dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size, rank=rank)
     num_machines = world_size // procs_per_machine
@@ -39,13 +209,25 @@ def _cpu_worker(local_rank, main_func, world_size, procs_per_machine, machine_ra
         dist.destroy_process_group()
 
 
+def _nccl_launch(main_func, procs: int, num_machines: int, machine_rank: int, dist_url: str, args: tuple):
+    """detectron2's launcher: NCCL, one process per GPU (one process: ``main_func`` in this one)."""
+    import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+    from detectron2.engine import launch as d2_launch
+
+    return d2_launch(main_func, procs, num_machines=num_machines, machine_rank=machine_rank,
+                     dist_url=dist_url, args=args)
+
+
 def launch(main_func, num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto",
-           args: tuple = ()):
-    """Run ``main_func(*args)`` in ``num_gpus`` processes on each of ``num_machines`` machines."""
+           args: tuple = (), device: str = "auto"):
+    """Run ``main_func(*args)`` in ``num_gpus`` processes on each of ``num_machines`` machines, on
+    ``device`` (resolved by :func:`resolve_device`): NCCL processes for CUDA, gloo processes for the CPU."""
+    import torch.multiprocessing as mp
+
+    device = resolve_device(device, num_gpus)
     procs = max(1, num_gpus)
-    if torch.cuda.is_available() and num_gpus >= 1:
-        return d2_launch(main_func, procs, num_machines=num_machines, machine_rank=machine_rank,
-                         dist_url=dist_url, args=args)
+    if backend_for(device) == "nccl":
+        return _nccl_launch(main_func, procs, num_machines, machine_rank, dist_url, args)
     world = procs * num_machines
     if world == 1:
         return main_func(*args)

@@ -94,14 +94,18 @@ def _build_schema(plugin, method_file: Path | None) -> dict:
     import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
     from detectron2.config import get_cfg
 
-    from zss_bench.engine.config import _merge_method_file, add_zss_config, config_dict, flat_keys
+    from zss_bench.engine.config import (_merge_method_file, add_zss_config, check_method_file_keys, config_dict,
+                                         flat_keys)
 
     cfg = get_cfg()
     add_zss_config(cfg)
     plugin.add_config(cfg)
+    defaults = flat_keys(cfg)
     if method_file:
         _merge_method_file(cfg, method_file)
     flat = flat_keys(cfg)
+    if method_file:  # a file setting a key nothing reads: refused here too (and never cached)
+        check_method_file_keys(defaults, flat, method_file)
     doc = config_dict(cfg)  # JSON-safe values (tuples as lists)
     out = {}
     for key in flat:
@@ -150,21 +154,30 @@ def value_fits(expected: str, value: str) -> bool:
 
 
 def check_overrides(plugin, opts: list[str], verb: str = "run", method_file: Path | None = None) -> None:
-    """Every KEY is a key of ``plugin``'s config and every VALUE fits its type (one-line errors)."""
+    """Every KEY is a key of ``plugin``'s config that may be set (``engine.unused_keys``: the same refusals
+    as :func:`zss_bench.engine.config.apply_overrides`) and every VALUE fits its type (one-line errors)."""
     check_override_pairs(opts, verb)
     if not opts:
         return
     schema = config_schema(plugin, method_file)
     from zss_bench.engine.config import ConfigOverrideError, unknown_key_message
+    from zss_bench.engine.unused_keys import inactive_override, refusal
 
     for key, value in zip(opts[::2], opts[1::2]):
         if key not in schema:
             raise ConfigOverrideError(unknown_key_message(key, schema))
+        refused = refusal(key)
+        if refused:
+            raise ConfigOverrideError(refused)
         entry = schema[key]
         if not value_fits(entry["type"], str(value)):
             raise ConfigOverrideError(f"{key} expects {entry['type']} (default {entry['default']!r}), got {value!r}")
         if key == "ZSS.N_BOOT" and isinstance(_literal(str(value)), int) and _literal(str(value)) < 0:
             raise ConfigOverrideError(f"ZSS.N_BOOT {value}: bootstrap resamples must be >= 0 (0 = no intervals)")
+    given = {str(k): _literal(str(v)) for k, v in zip(opts[::2], opts[1::2])}
+    inactive = inactive_override(list(opts), lambda k: given[k] if k in given else schema.get(k, {}).get("default"))
+    if inactive:
+        raise ConfigOverrideError(inactive)
 
 
 def check_run_request(method: str, protocol: str, *, opts: list[str], seed: int = 0, config_file: str | None = None,

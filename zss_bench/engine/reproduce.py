@@ -6,7 +6,12 @@ record holds everything a re-run needs (method, resolved config, seed, protocol 
 hash); this module turns it back into a ``zss-bench run`` into a scratch folder (never the
 committed ``results/``) and compares the two runs image by image:
 
-* *identical*: the same confusion matrix (bit-for-bit the same predictions' counts);
+* *identical*: the same confusion matrix (bit-for-bit the same predictions' counts), from two runs that
+  were both deterministic on the same device type (:func:`repeatable`): CPU runs always count as
+  deterministic (torch's CPU kernels repeat bit for bit on one CPU type: the committed CPU records
+  reproduce identically), CUDA runs only with ``ZSS.DETERMINISTIC True`` and no op that torch reported
+  as having no deterministic kernel. A CPU record re-run on CUDA, or a CUDA run without deterministic
+  mode, is at best *within noise*, even when its matrix happens to match;
 * *within noise*: the paired-bootstrap 95% CI of new - recorded covers 0 for every headline
   metric (runs on another CPU type land here: CPU training is deterministic on one CPU type only);
 * *not reproduced*: some CI excludes 0, or the record's metrics do not match its own
@@ -14,7 +19,9 @@ committed ``results/``) and compares the two runs image by image:
 
 It refuses, before training anything, when a re-run could not be faithful: the protocol has
 changed (other hash), the CLIP the record used now loads other weights, the method no longer
-has a config key the record set, or the record re-scored a checkpoint that is not here.
+has a config key the record set, the record re-scored a checkpoint that is not here, or it ran on
+more GPUs than are visible here. The re-run uses the record's device type (a CUDA record on a
+machine without CUDA runs on the CPU, with a note).
 """
 from __future__ import annotations
 
@@ -35,7 +42,8 @@ METRICS = (("mIoU_seen", "mIoU(S)"), ("mIoU_unseen", "mIoU(U)"), ("hIoU", "hIoU"
 # Keys a re-run sets itself (from the protocol, the seed and its scratch folder), or that only
 # steer logging: they are not carried over from the record.
 _NOT_CARRIED = {"OUTPUT_DIR", "SEED", "ZSS.DATA_ROOT", "ZSS.PROTOCOL", "ZSS.PROTOCOL_HASH", "ZSS.PROTOCOL_FILE", "ZSS.CONFIG_FILE", "ZSS.METHOD",
-                "ZSS.LABEL", "ZSS.PROGRESS", "DATASETS.TRAIN", "DATASETS.TEST"}
+                "ZSS.LABEL", "ZSS.PROGRESS", "DATASETS.TRAIN", "DATASETS.TEST",
+                "MODEL.DEVICE"}  # the device: Plan.device, from the record's device type
 _PATH_KEYS = {"MODEL.WEIGHTS"}
 _TOLERANCE = 1e-6  # percent points: records store metrics rounded to 1e-6
 
@@ -57,6 +65,7 @@ class Plan:
     eval_only: bool
     num_gpus: int
     notes: list[str] = field(default_factory=list)
+    device: str = "cpu"  # the re-run's device type: the record's, where this machine has it
 
 
 def _flatten(node, prefix: str = "") -> dict:
@@ -178,8 +187,30 @@ def plan(run: LoadedRun, *, data_root: str | None = None, clip_override: str | N
         raise ReproduceError(f"{where}: cannot rebuild the recorded config here; these keys still differ: "
                              f"{', '.join(differ[:8])}")
     training = rec.get("training", {})
+    num_gpus = int(training.get("world_size") or 1)
+    device = _rerun_device(rec, where, num_gpus, notes)
     return Plan(run=run, protocol=protocol, method=plugin.name, seed=seed, opts=opts, data_root=root,
-                eval_only=bool(training.get("eval_only")), num_gpus=int(training.get("world_size") or 1), notes=notes)
+                eval_only=bool(training.get("eval_only")), num_gpus=num_gpus, notes=notes, device=device)
+
+
+def _rerun_device(rec: dict, where: Path, num_gpus: int, notes: list[str]) -> str:
+    """The record's device type, where this machine has it (a CUDA record without CUDA here: the CPU,
+    with a note); a CUDA record of more processes than the GPUs visible here is refused."""
+    from zss_bench.engine.launch import visible_gpus
+    from zss_bench.records.provenance import record_device_type
+
+    kind = record_device_type(rec) or "cpu"
+    if kind == "cpu":
+        return "cpu"
+    visible = visible_gpus()
+    if not visible:
+        notes.append("the record ran on CUDA and no CUDA device is visible here: the re-run uses the CPU, "
+                     "so the verdict can be 'within noise' at best")
+        return "cpu"
+    if num_gpus > visible:
+        raise ReproduceError(f"{where}: the record ran {num_gpus} processes on {num_gpus} GPUs, but only {visible} "
+                             f"CUDA device{'s' if visible != 1 else ''} visible here; a re-run on fewer is not the same run")
+    return "cuda"
 
 
 def _norm(value):
@@ -225,17 +256,48 @@ def compare(old: LoadedRun, new: LoadedRun, protocol: Protocol, *, n_boot: int =
         covers = m["low"] is not None and m["high"] is not None and m["low"] <= 0.0 <= m["high"]
         rows[key] = {"label": label, "recorded": recorded, "new": now, "delta": delta,
                      "low": m["low"], "high": m["high"], "ci_covers_0": bool(covers or same)}
+    determinism = {"recorded": _determinism(old.record), "new": _determinism(new.record)}
     if inconsistent:
         verdict = "not reproduced"
-    elif same:
+    elif same and repeatable(old.record, new.record):
         verdict = "identical"
     elif all(r["ci_covers_0"] for r in rows.values()):
         verdict = "within noise"
     else:
         verdict = "not reproduced"
     return {"verdict": verdict, "identical_confusion": bool(same), "inconsistent_record": inconsistent,
-            "metrics": rows, "n_boot": n_boot, "bootstrap_seed": seed, "recorded_run": str(old.path),
+            "determinism": determinism, "metrics": rows, "n_boot": n_boot, "bootstrap_seed": seed, "recorded_run": str(old.path),
             "new_run": str(new.path)}
+
+
+def _determinism(rec: dict) -> dict:
+    from zss_bench.records.provenance import record_device_type, record_repeatable
+
+    block = (rec.get("provenance") or {}).get("deterministic")
+    return {"device": record_device_type(rec), "repeatable": record_repeatable(rec),
+            "requested": block.get("requested") if isinstance(block, dict) else None,
+            "nondeterministic_ops": block.get("nondeterministic_ops") if isinstance(block, dict) else None}
+
+
+def repeatable(old: dict, new: dict) -> bool:
+    """The rule for *identical*: both runs deterministic (:func:`~zss_bench.records.provenance.record_repeatable`:
+    CPU runs always, CUDA runs in deterministic mode with no non-deterministic op) on the same device type.
+    Two other runs that give the same matrix agree by chance, not by construction: *within noise*."""
+    a, b = _determinism(old), _determinism(new)
+    return a["repeatable"] and b["repeatable"] and a["device"] is not None and a["device"] == b["device"]
+
+
+def _not_repeatable_why(result: dict) -> str:
+    """Why two equal matrices are not called identical, in words."""
+    d = result.get("determinism") or {}
+    a, b = d.get("recorded") or {}, d.get("new") or {}
+    if a.get("device") != b.get("device"):
+        return f"recorded on {a.get('device') or 'an unknown device'}, re-run on {b.get('device') or 'an unknown device'}"
+    which = [name for name, x in (("recorded", a), ("re-run", b)) if not x.get("repeatable")]
+    ops = sorted({op for x in (a, b) for op in (x.get("nondeterministic_ops") or [])})
+    return (f"the {' and the '.join(which)} run{'s were' if len(which) > 1 else ' was'} not deterministic on "
+            f"{a.get('device') or 'an unknown device'}" + (f" (ops without a deterministic kernel: {', '.join(ops)})" if ops
+                                    else " (CUDA needs ZSS.DETERMINISTIC True)"))
 
 
 def _f(x, signed: bool = False) -> str:
@@ -262,8 +324,11 @@ def render(result: dict, old: LoadedRun, new: LoadedRun) -> str:
     lines = [head + table]
     for problem in result["inconsistent_record"]:
         lines.append(f"record inconsistent: {problem}")
-    why = {"identical": "the same confusion matrix",
-           "within noise": "every 95% CI of the difference covers 0",
+    why = {"identical": "the same confusion matrix, both runs deterministic on "
+                        f"{(result.get('determinism') or {}).get('recorded', {}).get('device')}",
+           "within noise": ("the same confusion matrix, but 'identical' needs two runs deterministic on one device "
+                            f"type: {_not_repeatable_why(result)}" if result.get("identical_confusion")
+                            else "every 95% CI of the difference covers 0"),
            "not reproduced": ("the record's metrics do not match its own confusion matrix"
                               if result["inconsistent_record"] else "a 95% CI of the difference excludes 0")}
     lines.append(f"verdict: {result['verdict']} ({why[result['verdict']]})")
@@ -307,7 +372,7 @@ def reproduce(spec: str, *, results: str | None = None, out: str | None = None, 
                              "goes to a scratch folder, never next to the records it checks")
     p = plan(run, data_root=data_root, clip_override=clip_override)
     summary = (f"re-running {p.method} [{run.record['method'].get('label')}] seed {p.seed} on {p.protocol.name} "
-               f"({'evaluation only' if p.eval_only else 'train + evaluate'}) into {target}")
+               f"({'evaluation only' if p.eval_only else 'train + evaluate'}, on {p.device}) into {target}")
     if dry_run:
         return {"verdict": None, "plan": {"opts": p.opts, "notes": p.notes}}, \
             summary + "\n  overrides: " + " ".join(p.opts) + "".join(f"\n  note: {n}" for n in p.notes) + "\n"
@@ -316,7 +381,7 @@ def reproduce(spec: str, *, results: str | None = None, out: str | None = None, 
     print(summary + "".join(f"\n  note: {n}" for n in p.notes), flush=True)
     req = RunRequest(method=p.method, protocol=p.protocol.name, data_root=p.data_root, seed=p.seed,
                      output_dir=str(target / "work"), eval_only=p.eval_only, num_gpus=p.num_gpus, opts=p.opts,
-                     results_root=str(target / "results"))
+                     results_root=str(target / "results"), device=p.device)
     new = load_run(run_method(req))
     result = compare(run, new, p.protocol, n_boot=n_boot)
     atomic_write_text(target / "reproduction.json", json.dumps(result, indent=2) + "\n")

@@ -56,6 +56,7 @@ class RunRequest:
     work_root: str = "work_dirs"
     config_file: str | None = None  # the method's config YAML (None: picked by protocol, see MethodPlugin.config_file)
     save_predictions: int = 0  # keep the first N test predictions (with GT and image) in the record, for pictures
+    device: str = "auto"  # auto | cpu | cuda: overrides MODEL.DEVICE (auto: CUDA when visible; engine.launch)
 
 
 def default_synth_world_dir() -> Path:
@@ -103,8 +104,9 @@ def _resolve(req: RunRequest):
     protocol = load_protocol(req.protocol)
     plugin = get_method(req.method)
     root = ensure_dataset(protocol, req.data_root)
-    cfg = build_run_config(plugin, protocol, seed=req.seed, output_dir=req.output_dir or "", data_root=str(root),
-                           clip=req.clip, opts=req.opts, config_file=req.config_file)
+    cfg = _with_device(build_run_config(plugin, protocol, seed=req.seed, output_dir=req.output_dir or "",
+                                        data_root=str(root), clip=req.clip, opts=req.opts,
+                                        config_file=req.config_file), req.device)
     if not req.output_dir:
         # the dataset root is not part of the config hash (it names no method choice), but two
         # roots must not share, and so wipe, one training folder
@@ -123,13 +125,17 @@ def run_method(req: RunRequest) -> Path:
     (writable), the folder (locked by another run? holding another run's identity or an earlier
     run's checkpoints? weights to evaluate?). A run refused or failing before it trains leaves no
     stub folder behind."""
+    from dataclasses import replace
+
     from zss_bench.engine import run_folder
-    from zss_bench.engine.launch import launch
+    from zss_bench.engine.launch import determinism_scope, launch, requested_device, resolve_device
     from zss_bench.engine.preflight import check_seed
     from zss_bench.records.store import default_results_root
     from zss_bench.records.writable import check_writable_dir
 
     check_seed(req.seed)  # numpy (detectron2's seed_all_rng) takes [0, 2**32): refused at second 0, not 11 s in
+    # the device type every process uses (and with it the backend), decided once, here: one line if impossible
+    req = replace(req, device=resolve_device(requested_device(req.device, req.opts), req.num_gpus))
     main_machine = req.machine_rank == 0
     if main_machine:
         check_writable_dir(req.results_root or default_results_root(), "--results")
@@ -145,14 +151,25 @@ def run_method(req: RunRequest) -> Path:
     with run_folder.claim(out, lock=main_machine, command=holder):
         if main_machine:
             _prepare_folder(req, plugin, cfg, out, identity)
-        launch(_worker, req.num_gpus, num_machines=req.num_machines, machine_rank=req.machine_rank,
-               dist_url=req.dist_url, args=(asdict(req), str(root), cfg.OUTPUT_DIR))
+        with determinism_scope(cfg.ZSS.DETERMINISTIC):
+            launch(_worker, req.num_gpus, num_machines=req.num_machines, machine_rank=req.machine_rank,
+                   dist_url=req.dist_url, args=(asdict(req), str(root), cfg.OUTPUT_DIR), device=req.device)
     pointer = out / RECORD_POINTER
     if not main_machine:
         return out
     if not pointer.is_file():
         raise RuntimeError(f"run finished without writing a record (see the log in {out})")
     return Path(pointer.read_text().strip())
+
+
+def _with_device(cfg, device: str):
+    """``cfg`` with ``MODEL.DEVICE`` set to the run's resolved device (``--device`` overrides the config
+    file; MODEL.DEVICE is outside the config hash, so CPU and CUDA runs of one config are one cell)."""
+    if device in ("cpu", "cuda"):
+        cfg.defrost()
+        cfg.MODEL.DEVICE = device
+        cfg.freeze()
+    return cfg
 
 
 def _prepare_folder(req: RunRequest, plugin, cfg, out: Path, identity: dict) -> None:
@@ -214,14 +231,16 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
 
     from zss_bench.data.d2_datasets import register_protocol
     from zss_bench.engine.config import build_run_config, config_dict, config_hash
+    from zss_bench.engine.launch import apply_determinism, nondeterministic_ops
     from zss_bench.engine.trainer import ZSSTrainer
     from zss_bench.plugins import get_method
 
     req = RunRequest(**req_dict)
     protocol = load_protocol(req.protocol)
     plugin = get_method(req.method)
-    cfg = build_run_config(plugin, protocol, seed=req.seed, output_dir=output_dir, data_root=root, clip=req.clip,
-                           opts=req.opts, config_file=req.config_file)
+    cfg = _with_device(build_run_config(plugin, protocol, seed=req.seed, output_dir=output_dir, data_root=root,
+                                        clip=req.clip, opts=req.opts, config_file=req.config_file), req.device)
+    apply_determinism(cfg.ZSS.DETERMINISTIC)  # before the model is built
     setup_logger(output_dir, distributed_rank=comm.get_rank(), name="detectron2")
     setup_logger(output_dir, distributed_rank=comm.get_rank(), name="zss_bench")
     torch.set_num_threads(max(1, torch.get_num_threads() // max(1, comm.get_local_size())))
@@ -255,6 +274,7 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
     from zss_bench.evaluation import score
     from zss_bench.records import collect_provenance, write_run
     from zss_bench.records.efficiency import efficiency_block
+    from zss_bench.records.provenance import determinism_block
     from zss_bench.records.fingerprint import fingerprint_dataset
     from zss_bench.records.paths import portable_path, portable_spec
 
@@ -282,7 +302,9 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         "metrics": score(cm, protocol, n_boot=cfg.ZSS.N_BOOT, seed=cfg.SEED),
         "efficiency": efficiency_block(model, evaluation, step_seconds, output_dir, cfg.MODEL.DEVICE),
         "provenance": collect_provenance(seed=cfg.SEED, started=_iso(started), duration_s=round(time.time() - started, 1),
-                                         world_size=comm.get_world_size(), device=cfg.MODEL.DEVICE),
+                                         world_size=comm.get_world_size(), device=cfg.MODEL.DEVICE,
+                                         deterministic=determinism_block(cfg.ZSS.DETERMINISTIC, cfg.MODEL.DEVICE,
+                                                                         nondeterministic_ops())),
     }
     from zss_bench.records.store import RecordError, atomic_write_text, default_results_root
 

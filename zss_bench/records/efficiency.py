@@ -1,7 +1,8 @@
 """Efficiency figures every run record carries, measured by the harness itself in the run's own
 process: parameters (total / trainable), evaluation throughput and peak memory, training step
 time and the size of the final checkpoint. One machine per table: the record names it
-(``provenance.device``), and ``efficiency.machine`` repeats it in one line.
+(``provenance.device``), ``efficiency.machine`` repeats it in one line and ``efficiency.device`` says
+its type (``cpu``/``cuda``): the leaderboard never takes a median across device types.
 
 Peak memory on CPU is the process's resident-set high-water mark (``VmHWM``), reset just before
 evaluation through ``/proc/self/clear_refs`` so that it is the evaluation's own peak; where the
@@ -100,4 +101,5 @@ def efficiency_block(model, evaluation: dict, step_seconds, output_dir: str, dev
         "train_step_s": train_step_seconds(step_seconds),
         "checkpoint_mb": round(final.stat().st_size / MB, 2) if final.is_file() else None,
         "machine": machine_summary(device_info(device)),
+        "device": "cuda" if str(device).startswith("cuda") else "cpu",  # tables never pool figures across types
     }

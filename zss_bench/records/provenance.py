@@ -82,6 +82,46 @@ def device_info(device: str | None = None) -> dict:
     return info
 
 
+def _device_type(device) -> str:
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def determinism_block(requested: bool, device: str | None, nondeterministic_ops=()) -> dict:
+    """``provenance.deterministic``: whether ``ZSS.DETERMINISTIC`` was on, the ops torch ran without a
+    deterministic implementation (only known when it was on), and whether the run repeats bit for bit
+    on its device type (``repeatable``): CPU runs do (torch's CPU kernels are deterministic run to run
+    on one CPU type), CUDA runs only in deterministic mode with no such op."""
+    ops = sorted(nondeterministic_ops or ())
+    return {"requested": bool(requested), "nondeterministic_ops": ops,
+            "repeatable": _device_type(device) == "cpu" or (bool(requested) and not ops)}
+
+
+def record_device_type(record: dict) -> str | None:
+    """``cpu`` or ``cuda``: the device type a run record was computed on (``provenance.device``, else
+    ``efficiency``'s device or memory kind), None when the record does not say."""
+    eff = record.get("efficiency") if isinstance(record.get("efficiency"), dict) else {}
+    dev = (record.get("provenance") or {}).get("device") if isinstance(record.get("provenance"), dict) else None
+    named = dev.get("device") if isinstance(dev, dict) else dev
+    if isinstance(named, str) and named:
+        return _device_type(named)
+    if isinstance(eff.get("device"), str) and eff["device"]:
+        return _device_type(eff["device"])
+    kind = eff.get("peak_memory_kind")
+    return {"cuda_max_allocated": "cuda", "cpu_peak_rss": "cpu"}.get(kind) if isinstance(kind, str) else None
+
+
+def record_repeatable(record: dict) -> bool:
+    """Whether a run record's numbers repeat bit for bit on its device type, read from its fields (see
+    :func:`determinism_block`): every CPU run; a CUDA run made in deterministic mode with no op reported
+    as non-deterministic (a CUDA record made before the block: no)."""
+    kind = record_device_type(record)
+    if kind == "cpu":
+        return True
+    block = (record.get("provenance") or {}).get("deterministic")
+    return (kind == "cuda" and isinstance(block, dict) and block.get("requested") is True
+            and block.get("nondeterministic_ops") == [])
+
+
 def machine_summary(device: dict | None) -> str:
     """One line naming the machine of a record's ``provenance.device`` block."""
     d = device or {}

@@ -18,6 +18,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from zss_bench.records.fingerprint import GroundTruthKey, ground_truth_key
+from zss_bench.records.provenance import record_device_type
 from zss_bench.records.store import RECORD_FILE, LoadedRun, RecordWarning, iter_runs
 from zss_bench.tables.trust import RecordChecker, UntrustedRecord, number
 
@@ -70,6 +71,7 @@ def _row(run: LoadedRun, conv: str, block: dict) -> dict:
         "path": str(run.path),
         "origin": weights_origin(rec),
         "machine": _text(eff.get("machine"), "efficiency.machine"),
+        "device": record_device_type(rec),
         "test_set_basis": key.basis,
         "_key": key,
     }
@@ -92,7 +94,7 @@ def collect_runs(results_root, protocol: str | None = None, convention: str | No
     rows are grouped, de-duplicated and paired only within one test set."""
     report = on_skip or (lambda m: warnings.warn(m, RecordWarning, stacklevel=2))
     rows = [row for _, row in checked_runs(results_root, protocol, convention, report)]
-    columns = _GROUP + ["seed", "convention", "run_id", "path", "origin", "machine", "test_set_basis",
+    columns = _GROUP + ["seed", "convention", "run_id", "path", "origin", "machine", "device", "test_set_basis",
                         *METRICS, *EFFICIENCY]
     return _one_run_per_seed(pd.DataFrame(rows, columns=columns), report)
 
@@ -174,11 +176,16 @@ def _one_run_per_seed(runs: pd.DataFrame, report: Callable[[str], None]) -> pd.D
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean, std (ddof=1; NaN for one run) and count per group, sorted by mean hIoU; the efficiency
-    figures' medians (NaN where no record has them), the weights' origin and the machines."""
+    figures' medians (NaN where no record has them), the weights' origin and the machines. A median is
+    never taken across device types: a row whose measured runs ran on both CPU and CUDA gets NaN
+    efficiency figures and names both in ``devices``."""
     if runs.empty:
-        return pd.DataFrame(columns=_GROUP + ["origin", "runs", "seeds", "machines"]
+        return pd.DataFrame(columns=_GROUP + ["origin", "runs", "seeds", "machines", "devices"]
                             + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + list(EFFICIENCY))
     group = _GROUP + ["origin"] if "origin" in runs else _GROUP
+    if "device" in runs:  # the device types of the runs that carry efficiency figures
+        measured = runs[[k for k in EFFICIENCY if k in runs]].notna().any(axis=1)
+        runs = runs.assign(_eff_device=runs["device"].where(measured))
     grouped = runs.groupby(group, dropna=False, sort=False)
     out = grouped[list(METRICS)].agg(["mean", "std"])
     out.columns = [f"{m}_{s}" for m, s in out.columns]
@@ -188,9 +195,13 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         out.insert(1, "test_set_basis", grouped["test_set_basis"].agg(lambda x: tuple(sorted({str(v) for v in x}))))
     if "machine" in runs:
         out.insert(2, "machines", grouped["machine"].agg(lambda x: tuple(sorted({str(v) for v in x if pd.notna(v) and v}))))
+    if "_eff_device" in runs:
+        out.insert(3, "devices", grouped["_eff_device"].agg(lambda x: tuple(sorted({str(v) for v in x if pd.notna(v) and v}))))
     for key in EFFICIENCY:  # medians: one run slowed by a neighbouring job must not move the row
         if key in runs:
             out[key] = grouped[key].median()
+            if "devices" in out:  # ... and a CPU run and a GPU run are not two samples of one figure
+                out.loc[out["devices"].map(len) > 1, key] = float("nan")
     out = out.reset_index()
     return out.sort_values(["protocol", "hIoU_mean"], ascending=[True, False], na_position="last").reset_index(drop=True)
 
@@ -249,7 +260,8 @@ def _render_tables(sub: pd.DataFrame, fmt: str, proto, version, phash, conventio
         if part.empty:
             continue
         vs = reference is not None and _has(part, "vs_delta")
-        eff = any(_has(part, k) for k in EFFICIENCY)
+        mixed = _mixed_devices(part)
+        eff = any(_has(part, k) for k in EFFICIENCY) or bool(mixed)
         headers = ["method", "config", "weights", "runs", *(_HEADERS[m] for m in METRICS)]
         if vs:
             headers.append(f"ΔhIoU vs {reference} [95% CI]")
@@ -271,8 +283,8 @@ def _render_tables(sub: pd.DataFrame, fmt: str, proto, version, phash, conventio
         what = "imported weights or predictions (trained elsewhere: not comparable with the harness-trained rows)" if kind \
             else "mean ± std over runs, %"
         title = f"{proto} (v{version}, {phash}{conv}; {what})" + (f" on {test_set}" if test_set else "")
-        notes = _notes(part, reference if vs else None, eff, n_boot) + _test_set_notes(part, proto, test_set,
-                                                                                      test_sets)
+        notes = _notes(part, reference if vs else None, eff, n_boot, mixed) + _test_set_notes(part, proto, test_set,
+                                                                                             test_sets)
         if fmt == "md":
             body = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
             parts.append(f"### {title}\n\n{body}\n" + "".join(f"\n{n}" for n in notes) + ("\n" if notes else ""))
@@ -304,7 +316,15 @@ def _test_set_notes(part: pd.DataFrame, proto: str, test_set: str | None, test_s
     return notes
 
 
-def _notes(part: pd.DataFrame, reference: str | None, eff: bool, n_boot: int) -> list[str]:
+def _mixed_devices(part: pd.DataFrame) -> list[str]:
+    """``method [config]`` of the rows whose efficiency runs span device types (figures shown as n/a)."""
+    if "devices" not in part:
+        return []
+    return [f"{r.method} [{r.config}] ({' and '.join(r.devices)})" for r in part.itertuples()
+            if isinstance(r.devices, tuple) and len(r.devices) > 1]
+
+
+def _notes(part: pd.DataFrame, reference: str | None, eff: bool, n_boot: int, mixed_rows=()) -> list[str]:
     notes = []
     if reference:
         notes.append(f"ΔhIoU vs {reference}: paired bootstrap over the test images, per seed, averaged over the "
@@ -318,6 +338,9 @@ def _notes(part: pd.DataFrame, reference: str | None, eff: bool, n_boot: int) ->
                 if len(machines) > 1 else ""
             notes.append("Efficiency (medians over runs; n/a: records made before the harness measured it) "
                          f"measured on: {'; '.join(machines)}{mixed}.")
+    if eff and mixed_rows:
+        notes.append(f"Efficiency n/a for {'; '.join(mixed_rows)}: their runs were measured on more than one device "
+                     "type, and a median is never taken across CPU and CUDA (each record keeps its own figures).")
     return notes
 
 
