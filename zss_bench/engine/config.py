@@ -137,7 +137,7 @@ def apply_overrides(cfg, opts: list[str]) -> None:
             raise ConfigOverrideError(refused)
         try:
             cfg.merge_from_list([key, _coerce(known[key], value)])
-        except (ValueError, AssertionError, SyntaxError) as exc:
+        except (ValueError, AssertionError, SyntaxError):
             default = known[key]
             raise ConfigOverrideError(
                 f"{key} expects {type(default).__name__} (default {default!r}), got {value!r}") from None
