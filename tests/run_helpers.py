@@ -35,6 +35,25 @@ def prepare_synth(root: Path) -> Path:
     return root
 
 
+def world_fixtures(*, n_train: int, n_val: int, seed: int = 1):
+    """The ``small_world`` (one generated 32 px world per test module) and ``prepared`` (prepared into the
+    test's own cache) fixtures of a runner test module: ``small_world, prepared = world_fixtures(...)``."""
+    import os
+
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def small_world(tmp_path_factory):
+        os.environ.setdefault("ZSS_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        return synth_world(tmp_path_factory.mktemp("world"), seed=seed, n_train=n_train, n_val=n_val)
+
+    @pytest.fixture
+    def prepared(small_world, isolated_cache):
+        return prepare_synth(small_world)
+
+    return small_world, prepared
+
+
 def tiny(max_iter: int, checkpoint_period: int = 1000, *extra: str) -> list[str]:
     return [*TINY, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(checkpoint_period), *extra]
 

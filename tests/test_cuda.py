@@ -7,7 +7,6 @@ need two GPUs skip on a one-GPU machine, saying so.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
 from conftest import run_cli
 from detectron2.modeling import META_ARCH_REGISTRY
-from run_helpers import make_plugin, prepare_synth, synth_world, tiny
+from run_helpers import make_plugin, tiny, world_fixtures
 from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
 from zss_bench.metrics import ConfusionMatrix
 from zss_bench.records import load_run
@@ -31,15 +30,7 @@ TWO_GPUS = pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_co
 MICRO = ["ZSS.CLIP", "zss-micro-vit:random"]
 
 
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory):
-    os.environ.setdefault("ZSS_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return synth_world(tmp_path_factory.mktemp("world"), seed=1, n_train=48, n_val=16)
-
-
-@pytest.fixture
-def prepared(small_world, isolated_cache):
-    return prepare_synth(small_world)
+small_world, prepared = world_fixtures(n_train=48, n_val=16)
 
 
 def _run(capsys, tmp_path: Path, name: str, *argv: str, method: str = "chimera"):

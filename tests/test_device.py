@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from run_helpers import prepare_synth, synth_world, tiny
+from run_helpers import tiny, world_fixtures
 from zss_bench.engine import launch as launch_mod
 from zss_bench.engine.launch import (apply_determinism, backend_for, describe, determinism_scope,
                                      nondeterministic_ops, requested_device, resolve_device)
@@ -40,15 +40,7 @@ def two_gpus(monkeypatch):
     _fake_gpus(monkeypatch, 2)
 
 
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory):
-    os.environ.setdefault("ZSS_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return synth_world(tmp_path_factory.mktemp("world"), seed=1, n_train=24, n_val=8)
-
-
-@pytest.fixture
-def prepared(small_world, isolated_cache):
-    return prepare_synth(small_world)
+small_world, prepared = world_fixtures(n_train=24, n_val=8)
 
 
 def _one_line_error(capsys, *argv: str) -> str:

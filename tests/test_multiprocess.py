@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from run_helpers import make_plugin, prepare_synth, synth_world, tiny
+from run_helpers import make_plugin, tiny, world_fixtures
 from detectron2.engine import HookBase
 from detectron2.modeling import META_ARCH_REGISTRY
 from zss_bench.engine import run as run_module
@@ -80,15 +80,7 @@ def _instrumented_worker(req_dict, root, output_dir):
         trainer.ZSSTrainer.build_hooks = original
 
 
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory):
-    os.environ.setdefault("ZSS_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return synth_world(tmp_path_factory.mktemp("world"), seed=1, n_train=16, n_val=8)
-
-
-@pytest.fixture
-def prepared(small_world, isolated_cache):
-    return prepare_synth(small_world)
+small_world, prepared = world_fixtures(n_train=16, n_val=8)
 
 
 def _request(world, tmp_path, method: str, out: Path, extra=(), **kw) -> RunRequest:

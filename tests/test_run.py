@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from run_helpers import make_plugin, prepare_synth, synth_world, tiny
+from run_helpers import make_plugin, tiny, world_fixtures
 from detectron2.modeling import META_ARCH_REGISTRY
 from zss_bench.engine.run import RunRequest, run_method
 from zss_bench.methods.seen_only.meta_arch import SeenOnlySeg
@@ -23,15 +23,7 @@ from zss_bench.metrics import ConfusionMatrix
 from zss_bench.records import load_run
 
 
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory):
-    os.environ.setdefault("ZSS_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return synth_world(tmp_path_factory.mktemp("world"), seed=1, n_train=48, n_val=16)
-
-
-@pytest.fixture
-def prepared(small_world, isolated_cache):
-    return prepare_synth(small_world)
+small_world, prepared = world_fixtures(n_train=48, n_val=16)
 
 
 def _request(world, tmp_path, **kw) -> RunRequest:

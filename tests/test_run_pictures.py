@@ -3,7 +3,6 @@ curves and the first test predictions (loader order, GT as the evaluator reads i
 and `zss-bench plot` draws all three pictures from that record alone."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,20 +10,12 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from run_helpers import prepare_synth, synth_world, tiny
+from run_helpers import tiny, world_fixtures
 from zss_bench.records import load_run
 from zss_bench.records.predictions import load_predictions
 
 
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory):
-    os.environ.setdefault("ZSS_BENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return synth_world(tmp_path_factory.mktemp("world"), seed=2, n_train=16, n_val=6)
-
-
-@pytest.fixture
-def prepared(small_world, isolated_cache):
-    return prepare_synth(small_world)
+small_world, prepared = world_fixtures(n_train=16, n_val=6, seed=2)
 
 
 def _val_dicts(root: Path) -> list[dict]:
