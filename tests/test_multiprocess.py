@@ -264,3 +264,22 @@ def test_buffer_sync_helpers_give_every_rank_the_global_batchs_values(tmp_path):
     assert (r0["offset"], r1["offset"]) == (0, 3)
     for r in (r0, r1):
         assert torch.equal(r["stats"][0], torch.full((3,), 1.5)) and torch.equal(r["stats"][1], torch.tensor([1.0]))
+
+
+def _refuse_in_every_process(message: str) -> None:
+    from zss_bench.records.store import RecordError
+
+    raise RecordError(message)
+
+
+def test_a_user_error_in_a_worker_process_comes_back_as_one_line(capsys):
+    """A refusal raised inside the gloo processes (e.g. a record that cannot be written at the end) reaches the
+    launching process as the same message, which the CLI prints as one line, not a spawn traceback."""
+    from zss_bench.cli import _user_errors
+    from zss_bench.engine.launch import WorkerError, launch
+
+    with pytest.raises(WorkerError, match=r"^process 0: could not write the run record under /x \(Read-only\)$") as info:
+        launch(_refuse_in_every_process, 2, device="cpu", args=("could not write the run record under /x\n(Read-only)",))
+    assert isinstance(info.value, _user_errors())
+    with pytest.raises(Exception, match="ZeroDivisionError"):  # anything else keeps its traceback
+        launch(divmod, 2, device="cpu", args=(1, 0))

@@ -46,6 +46,7 @@ USER_ERRORS = (
     ("zss_bench.registry", "UnknownNameError"), ("zss_bench.report", "ReportError"),
     ("zss_bench.plugins", "PluginError"), ("zss_bench.plugins", "MethodConfigError"),
     ("zss_bench.plugins", "MetaArchitectureError"),
+    ("zss_bench.engine.launch", "WorkerError"),
 )
 
 

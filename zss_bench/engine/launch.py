@@ -23,7 +23,9 @@ import contextlib
 import os
 import re
 import socket
+import tempfile
 import warnings
+from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda")
 # cuBLAS is deterministic only with one of these workspace configurations (CUDA >= 10.2)
@@ -189,7 +191,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cpu_worker(local_rank, main_func, world_size, procs_per_machine, machine_rank, dist_url, args):
+class WorkerError(ValueError):
+    """A user error (a refused request, a file that cannot be written) raised inside one of a run's gloo
+    processes, brought back to the launching process as the same one line, not a spawn traceback."""
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from zss_bench.cli import _user_errors
+
+    return isinstance(exc, _user_errors())
+
+
+def _cpu_worker(local_rank, main_func, world_size, procs_per_machine, machine_rank, dist_url, args, error_dir=None):
     import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
     import torch.distributed as dist
     from detectron2.utils import comm
@@ -205,6 +218,11 @@ def _cpu_worker(local_rank, main_func, world_size, procs_per_machine, machine_ra
     comm.synchronize()
     try:
         main_func(*args)
+    except BaseException as exc:
+        if error_dir and _is_user_error(exc):  # the parent re-raises it as one line (WorkerError)
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            Path(error_dir, f"rank{rank}.txt").write_text(message, encoding="utf-8")
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -235,5 +253,14 @@ def launch(main_func, num_gpus: int = 1, num_machines: int = 1, machine_rank: in
         if num_machines != 1:
             raise ValueError("--dist-url auto only works on one machine; pass tcp://HOST:PORT")
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
-    mp.start_processes(_cpu_worker, nprocs=procs, args=(main_func, world, procs, machine_rank, dist_url, args),
-                       daemon=False, start_method="spawn")
+    with tempfile.TemporaryDirectory(prefix="zss-bench-workers-") as error_dir:
+        try:
+            mp.start_processes(_cpu_worker, nprocs=procs,
+                               args=(main_func, world, procs, machine_rank, dist_url, args, error_dir),
+                               daemon=False, start_method="spawn")
+        except mp.ProcessRaisedException:
+            reported = sorted(Path(error_dir).glob("rank*.txt"))
+            if not reported:
+                raise
+            first = reported[0]
+            raise WorkerError(f"{first.stem.replace('rank', 'process ')}: {first.read_text(encoding='utf-8')}") from None
