@@ -15,7 +15,6 @@ overwrite each other's checkpoints, and a ``--resume`` or ``--eval-only`` of a f
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -51,13 +50,12 @@ class RunIdentityMismatch(RunFolderError):
 
 
 def sha256_file(path) -> str | None:
-    """sha256 of a file's bytes; None where it cannot be read (a URL or catalog name detectron2 resolves itself)."""
+    """sha256 of a file's bytes (the project's one hasher, ``clip.shipped.sha256_of``); None where it cannot
+    be read (a URL or catalog name detectron2 resolves itself)."""
+    from zss_bench.clip.shipped import sha256_of
+
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_of(Path(path))
     except OSError:
         return None
 
