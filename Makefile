@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.zss-bench-setup
 PYTEST_ARGS ?=
 SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test test-all demo bench browser clean
+.PHONY: setup test test-all demo bench browser readme-tables clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: setup
 
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,mean,median,stddev,rounds -p no:randomly $(PYTEST_ARGS)
+
+# the README's reported-results tables, rendered from results/reported/ (never edited by hand)
+readme-tables: setup
+	$(PY) scripts/readme_reported.py
 
 # headless Chromium for tests/test_report_browser.py (renders the HTML report; skipped without it)
 browser:

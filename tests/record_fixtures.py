@@ -66,14 +66,15 @@ def kept_predictions(tmp: Path, gts, preds, n: int, image_size=(SIZE, SIZE)) -> 
 
 
 def record(run_id: str, method: str, seed: int, cm: ConfusionMatrix, label: str = "default",
-           origin: str = "trained here") -> dict:
+           origin: str = "trained here", protocol=PROTOCOL) -> dict:
+    """A run record of ``cm``; ``protocol``: any 20-class protocol (synth-15-5, or voc-15-5 for a fake VOC run)."""
     return {"run_id": run_id, "kind": "run",
-            "protocol": {"name": PROTOCOL.name, "version": PROTOCOL.version, "hash": PROTOCOL.content_hash},
+            "protocol": {"name": protocol.name, "version": protocol.version, "hash": protocol.content_hash},
             "method": {"name": method, "label": label},
             "clip": {"spec": "zss-toy-vit:synth-v1", "weights_hash": CLIP_HASH},
             "training": {"performed": True, "max_iter": 20, "weights": {"origin": origin}},
             "provenance": {"seed": seed, "versions": {"zss_bench": "0.1.0"}, "git": {"commit": "abc123"}},
-            "metrics": score(cm, PROTOCOL, n_boot=50, seed=seed)}
+            "metrics": score(cm, protocol, n_boot=50, seed=seed)}
 
 
 def write_fixture_results(root: Path, scratch: Path) -> dict[str, Path]:

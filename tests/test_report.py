@@ -163,8 +163,10 @@ def test_report_errors_name_the_option_or_folder(results, tmp_path, capsys):
                          "--protocol", "synth-15-6")
     assert rc == 2 and "synth-15-5" in err  # did you mean
     assert not (tmp_path / "s").exists()
-    page = _report(capsys, results, tmp_path / "v", "--protocol", "voc-15-5")
+    page = _report(capsys, results, tmp_path / "v", "--protocol", "voc-15-5", "--reported", "none")
     assert "No run records under" in page.inside("p") and page.count("table") == 0
+    page = _report(capsys, results, tmp_path / "w", "--protocol", "voc-15-5")  # asked for: what was published
+    assert "No harness runs" in page.inside("p") and "voc-15-5: Reported (published; not run here)" in page.inside("h4")
 
 
 def test_report_lists_failed_cells_apart_from_the_means(results, tmp_path, capsys):

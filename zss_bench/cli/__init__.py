@@ -1,5 +1,5 @@
 """The ``zss-bench`` command: a thin argparse front over the library, one module per verb family
-(``datasets``, ``evaluation``, ``tables``, ``runs``, ``plugins``); each adds its subparsers."""
+(``datasets``, ``evaluation``, ``tables``, ``reported``, ``runs``, ``plugins``); each adds its subparsers."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from zss_bench import __version__
 from zss_bench.cli.datasets import add_datasets, add_protocols
 from zss_bench.cli.evaluation import add_evaluate
 from zss_bench.cli.plugins import add_methods_demo, add_toy_clip
+from zss_bench.cli.reported import add_reported
 from zss_bench.cli.runs import add_run, add_sweeps
 from zss_bench.cli.tables import add_tables
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_protocols(sub)
     add_evaluate(sub)
     add_tables(sub)
+    add_reported(sub)
     add_datasets(sub)
     add_run(sub)
     add_toy_clip(sub)
@@ -46,7 +48,7 @@ USER_ERRORS = (
     ("zss_bench.registry", "UnknownNameError"), ("zss_bench.report", "ReportError"),
     ("zss_bench.plugins", "PluginError"), ("zss_bench.plugins", "MethodConfigError"),
     ("zss_bench.plugins", "MetaArchitectureError"),
-    ("zss_bench.engine.launch", "WorkerError"),
+    ("zss_bench.engine.launch", "WorkerError"), ("zss_bench.reported.registry", "RegistryError"),
 )
 
 

@@ -11,6 +11,7 @@ from zss_bench.cli.common import _at_least
 def cmd_leaderboard(args) -> int:
     from zss_bench.records import atomic_write_text
     from zss_bench.tables import add_paired_column, aggregate, collect_runs, render_leaderboard
+    from zss_bench.tables.reported import registry_for_tables, reported_sections
 
     if args.protocol:
         from zss_bench.protocol import load_protocol
@@ -33,8 +34,23 @@ def cmd_leaderboard(args) -> int:
     reference = None if args.vs.lower() == "none" else args.vs
     if reference:
         table = add_paired_column(table, runs, reference, n_boot=args.n_boot, on_note=_warn)
-    text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference,
-                              n_boot=args.n_boot)
+    reported = None if args.format == "csv" else registry_for_tables(args.reported)
+    if reported is None:
+        text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference,
+                                  n_boot=args.n_boot)
+    else:  # per protocol: the harness's tables, then what was published under it (never averaged together)
+        protocols = [args.protocol] if args.protocol else sorted(set(table["protocol"]))  # asked for: even without runs
+        parts = []
+        for name in protocols:
+            sub = table[table["protocol"] == name]
+            if not sub.empty:
+                parts.append(render_leaderboard(sub, fmt=args.format, convention=args.convention,
+                                                reference=reference, n_boot=args.n_boot))
+            elif reported[0].for_protocol(name):
+                parts.append(_no_runs(name, args.format))
+            parts.append(reported_sections(name, reported, sub, runs, fmt=args.format, n_boot=args.n_boot,
+                                           on_note=_warn))
+        text = "\n".join(p for p in parts if p) or render_leaderboard(table, fmt=args.format)
     if args.format != "csv":
         from zss_bench.records.failed import iter_notes
         from zss_bench.tables.leaderboard import render_failed
@@ -46,6 +62,11 @@ def cmd_leaderboard(args) -> int:
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     return 0
+
+
+def _no_runs(protocol: str, fmt: str) -> str:
+    line = f"{protocol}: no harness runs (trained or imported) under this results folder"
+    return {"md": f"### {line}\n", "latex": f"% {line}\n"}.get(fmt, line + "\n")
 
 
 def _warn(message: str) -> None:
@@ -121,7 +142,7 @@ def cmd_report(args) -> int:
 
     reference = None if args.vs.lower() == "none" else args.vs
     path = build_report(args.results, args.out, protocol=args.protocol, grids=args.grid, reference=reference,
-                        n_boot=args.n_boot, n=args.n, on_note=_warn)
+                        n_boot=args.n_boot, n=args.n, on_note=_warn, reported=args.reported)
     print(f"wrote {path}")
     return 0
 
@@ -146,6 +167,10 @@ def add_tables(sub) -> None:
     p.add_argument("--grid", nargs="+", metavar="FILE", help="pivot tables of the sweeps declared in these grid files "
                                                              "(rows/columns = swept keys) instead of the leaderboard")
     p.add_argument("--heatmap", metavar="PNG", help="with --grid: heat-map of each two-key sweep (PNG; -2, -3... for more)")
+    p.add_argument("--reported", default=None, metavar="DIR",
+                   help="registry of published results shown per protocol under the harness's tables, with "
+                        "reproduced − reported where both exist (default: the project's results/reported; "
+                        "'none' leaves them out; not in --format csv)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("compare", help="paired bootstrap of two runs on the same images")
@@ -179,4 +204,7 @@ def add_tables(sub) -> None:
                    help="reference method of the leaderboard's paired ΔhIoU column (default: chimera; 'none' leaves it out)")
     p.add_argument("--n-boot", type=_at_least(1), default=1000, help="bootstrap resamples of the paired column (default 1000)")
     p.add_argument("--n", type=int, default=4, help="saved predictions shown per run (default: 4)")
+    p.add_argument("--reported", default=None, metavar="DIR",
+                   help="registry of published results shown in each protocol's section (default: the project's "
+                        "results/reported; 'none' leaves them out)")
     p.set_defaults(func=cmd_report)

@@ -5,7 +5,7 @@ totals into mIoU / seen / unseen / hIoU / pAcc under the "mmseg" or "detectron2"
 ``bootstrap_ci`` and ``paired_bootstrap`` resample images to give uncertainty and paired
 comparisons. torch is only imported when tensors are passed in or ``all_reduce`` is called.
 """
-from .bootstrap import bootstrap_ci, paired_bootstrap, paired_bootstrap_seeds
+from .bootstrap import bootstrap_ci, bootstrap_ci_seeds, paired_bootstrap, paired_bootstrap_seeds
 from .confusion import ConfusionMatrix, ImageStats
 from .summary import CONVENTIONS, MetricSummary, summarize, summarize_batch
 
@@ -15,6 +15,7 @@ __all__ = [
     "ImageStats",
     "MetricSummary",
     "bootstrap_ci",
+    "bootstrap_ci_seeds",
     "paired_bootstrap",
     "paired_bootstrap_seeds",
     "summarize",

@@ -282,22 +282,52 @@ def bootstrap_ci(
     it has no value) and ``absent_classes`` (ids without ground truth in these images, whose
     unmeasured IoU the interval makes room for). Deterministic for a given ``seed``.
     """
-    _check_args(stats, n_boot, alpha)
+    out = bootstrap_ci_seeds([stats], seen_ids, unseen_ids, convention, n_boot, seed, alpha, method)
+    out.pop("seeds")
+    return out
+
+
+def bootstrap_ci_seeds(
+    runs: list[ImageStats],
+    seen_ids,
+    unseen_ids,
+    convention: str = "mmseg",
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    method: str = "basic+jackknife",
+) -> dict:
+    """:func:`bootstrap_ci` of the mean over several seeds' runs on the same test images: every replicate
+    draws one image resample, applied to every run, and takes the mean of the runs' values (the jackknife
+    likewise leaves one image out of every run). With one run it is exactly :func:`bootstrap_ci`. Used to
+    set a multi-seed mean against a published number (``zss-bench leaderboard``'s reproduced − reported)."""
+    if not runs:
+        raise ValueError("bootstrap_ci_seeds needs at least one run")
+    for run in runs:
+        _check_args(run, n_boot, alpha)
     _check_convention(convention)
     _check_method(method)
-    _check_ids(seen_ids, unseen_ids, stats.num_classes)
-    point = _full(stats, seen_ids, unseen_ids, convention)
-    (reps,) = _replicates([stats], seen_ids, unseen_ids, convention, int(n_boot), seed)
-    jack = _jackknife(stats, seen_ids, unseen_ids, convention)
-    at_low, at_high, absent = _absent_range(stats, seen_ids, unseen_ids, convention)
+    _check_ids(seen_ids, unseen_ids, runs[0].num_classes)
+    runs = [runs[0]] + [_align(runs[0], r) for r in runs[1:]]
+    points = [_full(r, seen_ids, unseen_ids, convention) for r in runs]
+    reps = _replicates(runs, seen_ids, unseen_ids, convention, int(n_boot), seed)
+    jacks = [_jackknife(r, seen_ids, unseen_ids, convention) for r in runs]
+    ranges = [_absent_range(r, seen_ids, unseen_ids, convention) for r in runs]
+    absent = sorted({c for r in ranges for c in r[2]})
     out: dict = {}
     for m in METRICS:
-        allow = _allowance(point[m] - at_low[m], at_high[m] - point[m], m, method)
-        low, high = _interval(point[m], reps[m], jack[m], alpha, method, (0.0, 1.0), allow)
-        out[m] = {"estimate": point[m], "low": low, "high": high, "std": _std(reps[m])}
-    out.update(n_boot=int(n_boot), seed=seed, alpha=alpha, n_images=len(stats), convention=convention,
-               method=method, undefined={m: float(np.mean(np.isnan(reps[m]))) for m in METRICS},
-               absent_classes=absent)
+        point = float(np.mean([p[m] for p in points]))
+        samples = np.mean([r[m] for r in reps], axis=0)
+        jack = np.mean([j[m] for j in jacks], axis=0)
+        at_low = float(np.mean([r[0][m] for r in ranges]))
+        at_high = float(np.mean([r[1][m] for r in ranges]))
+        allow = _allowance(point - at_low, at_high - point, m, method)
+        low, high = _interval(point, samples, jack, alpha, method, (0.0, 1.0), allow)
+        out[m] = {"estimate": point, "low": low, "high": high, "std": _std(samples)}
+    out.update(n_boot=int(n_boot), seed=seed, alpha=alpha, n_images=len(runs[0]), convention=convention,
+               method=method, undefined={m: float(np.mean(np.isnan(np.mean([r[m] for r in reps], axis=0))))
+                                         for m in METRICS},
+               absent_classes=absent, seeds=len(runs))
     return out
 
 

@@ -29,15 +29,17 @@ def _per_test_set(runs, draw: Callable) -> list[str]:
 
 def build_report(results_root: str | Path, out: str | Path, protocol: str | None = None, grids=(),
                  reference: str | None = "chimera", n_boot: int = 1000, n: int = 4,
-                 on_note: Callable[[str], None] | None = None) -> Path:
+                 on_note: Callable[[str], None] | None = None, reported: str | None = None) -> Path:
     """Write ``out/index.html`` from the records under ``results_root``; return its path. Skipped files and
-    undrawable pictures are listed on the page and passed to ``on_note``."""
+    undrawable pictures are listed on the page and passed to ``on_note``. ``reported``: the registry of
+    published results shown in each protocol's section (default: the project's; ``"none"``: left out)."""
     from zss_bench.records.failed import iter_notes
     from zss_bench.report.leaderboard import leaderboard_html
     from zss_bench.report.runs import overlays_html, per_class_html, provenance_html
     from zss_bench.report.sweeps import sweeps_html
-    from zss_bench.tables import collect_runs
+    from zss_bench.tables import aggregate, collect_runs
     from zss_bench.tables.leaderboard import render_failed
+    from zss_bench.tables.reported import registry_for_tables, reported_sections
 
     results_root = Path(results_root)
     if not results_root.is_dir():
@@ -56,6 +58,7 @@ def build_report(results_root: str | Path, out: str | Path, protocol: str | None
     from zss_bench.records.writable import check_writable_dir
 
     check_writable_dir(out, "--out")  # before any work: a read-only --out is one line, not a late traceback
+    published = registry_for_tables(reported)  # a broken registry file: one line before any work
     notes: list[str] = []
 
     def report(message: str) -> None:
@@ -73,7 +76,9 @@ def build_report(results_root: str | Path, out: str | Path, protocol: str | None
             loaded[path] = load_run(path)
         return loaded[path]
 
-    protocols = sorted(runs["protocol"].unique()) if not runs.empty else []
+    protocols = sorted(set(runs["protocol"].unique()) if not runs.empty else set())
+    if published is not None and protocol and published[0].for_protocol(protocol):
+        protocols = [protocol]  # asked for by name: its published numbers even without runs here
     body = ["<h1>zss-bench report</h1>",
             note(f"Built {datetime.now(timezone.utc).isoformat(timespec='seconds')} by zss-bench {__version__} from "
                  f"{len(runs)} run record(s) under {results_root}"
@@ -87,9 +92,15 @@ def build_report(results_root: str | Path, out: str | Path, protocol: str | None
         body.append(note(f"No run records under {results_root}" + (f" for protocol {protocol}." if protocol else ".")))
     for name in protocols:
         sub = runs[runs["protocol"] == name].reset_index(drop=True)
+        if sub.empty:
+            body += [f'<h2 id="{_anchor(name)}">{esc(name)}</h2>', "<h3>Leaderboard</h3>",
+                     note(f"No harness runs (trained or imported) of {name} under {results_root}."),
+                     reported_sections(name, published, sub, sub, "html", n_boot, on_note=report)]
+            continue
         records = [load(p) for p in sub.sort_values(["method", "config", "seed", "run_id"])["path"]]
         body += [f'<h2 id="{_anchor(name)}">{esc(name)}</h2>',
                  "<h3>Leaderboard</h3>", leaderboard_html(sub, reference, n_boot, on_note=report),
+                 reported_sections(name, published, aggregate(sub), sub, "html", n_boot, on_note=report),
                  render_failed([n for _, n in iter_notes(results_root, name)], "html"),
                  "<h3>Per-class IoU</h3>", *_per_test_set(sub, lambda part: per_class_html(part, load)),
                  "<h3>Predictions</h3>", overlays_html(records, n, report),
