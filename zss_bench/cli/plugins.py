@@ -79,14 +79,31 @@ def cmd_toy_eval(args) -> int:
     from zss_bench.clip.toy import DEFAULT_MODEL, evaluate_toy_clip
 
     clip = load_clip(args.clip or DEFAULT_MODEL)  # bare name = the shipped reference tag
+    audit = TextEncoderAudit()
     result = evaluate_toy_clip(clip, protocol_name=args.protocol, n_per_class=args.n_per_class,
-                               prompt_kind=args.prompts, audit=TextEncoderAudit())
+                               prompt_kind=args.prompts, audit=audit)
+    dense = None
+    if args.dense_images:
+        from zss_bench.modeling.dense_zero_shot import READOUTS, evaluate_dense_zero_shot
+
+        dense = evaluate_dense_zero_shot(clip, protocol_name=args.protocol, n_images=args.dense_images,
+                                         seed=args.world_seed, size=args.size, prompt_kind=args.prompts, audit=audit)
     if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"{clip.spec}: zero-shot accuracy on single-object {args.protocol} images ({result['n']} images): "
-              f"overall {result['overall']:.1f}%, seen {result['seen']:.1f}%, unseen {result['unseen']:.1f}%\n"
-              f"  weights sha256 {clip.weights_hash}")
+        print(json.dumps({**result, "dense": dense} if dense else result, indent=2))
+        return 0
+    print(f"{clip.spec}: zero-shot accuracy on single-object {args.protocol} images ({result['n']} images): "
+          f"overall {result['overall']:.1f}%, seen {result['seen']:.1f}%, unseen {result['unseen']:.1f}%")
+    if dense:
+        print(f"  dense (per patch, {dense['n_images']} val scenes of world seed {dense['world_seed']} at "
+              f"{dense['size']} px, {dense['grid'][0]}x{dense['grid'][1]} tokens, {dense['patches']} object "
+              f"patches; chance {dense['chance']:.1f}%, in-image by chance {dense['in_image_chance']:.1f}%):")
+        names = {"dense": "last-layer tokens", "value": "value readout (MaskCLIP)"}
+        for r in READOUTS:
+            d = dense[r]
+            print(f"    {names[r]:<26} overall {d['overall']:.1f}%, seen {d['seen']:.1f}%, unseen {d['unseen']:.1f}%, "
+                  f"mean class {d['mean_class']:.1f}%, in-image {d['in_image']:.1f}%"
+                  + (f", colour {d['colour']:.1f}%, shape {d['shape']:.1f}%" if "colour" in d else ""))
+    print(f"  weights sha256 {clip.weights_hash}")
     return 0
 
 
@@ -115,6 +132,12 @@ def add_toy_clip(sub) -> None:
     t.add_argument("--protocol", default="synth-15-5")
     t.add_argument("--n-per-class", type=int, default=50)
     t.add_argument("--prompts", choices=["single", "ensemble"], help="prompt kind (default: the protocol's)")
+    t.add_argument("--dense-images", type=int, default=200, metavar="N",
+                   help="also classify every object patch of N validation scenes against the class prompts, from "
+                        "the last-layer tokens and from MaskCLIP's value readout (default: 200; 0: skip)")
+    t.add_argument("--world-seed", type=int, default=7, help="world whose validation scenes are used (default: 7, "
+                   "the dev world)")
+    t.add_argument("--size", type=int, help="scene size in px (default: the CLIP's own input size)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_toy_eval)
 
