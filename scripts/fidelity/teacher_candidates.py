@@ -23,6 +23,7 @@ CANDIDATES = {
     "long-3200": {"steps": 3200},
     "px128": {"model": "zss-toy-vit-128"},
     "px128-scenes-only": {"model": "zss-toy-vit-128", "single_fraction": 0.0, "single_per_class": 0},
+    "textured": {"surface": "textured"},  # the v1 recipe on a world whose object surfaces carry shape
 }
 
 
@@ -32,8 +33,9 @@ def measure(name: str) -> dict:
     ckpt, info = pretrain_toy_clip(progress=False, evaluate=False, **overrides)
     clip = load_clip(f"{overrides.get('model', 'zss-toy-vit')}:{ckpt}")
     audit = TextEncoderAudit()
-    glob = evaluate_toy_clip(clip, audit=audit)
-    dense = evaluate_dense_zero_shot(clip, n_images=200, audit=audit)
+    surface = overrides.get("surface", "flat")
+    glob = evaluate_toy_clip(clip, audit=audit, surface=surface)
+    dense = evaluate_dense_zero_shot(clip, n_images=200, audit=audit, surface=surface)
     return {"candidate": name, "overrides": overrides, "train_time_s": info.get("train_time_s"),
             "wall_s": round(time.perf_counter() - t0, 1), "weights": clip.weights_hash[:12],
             "global": {k: glob[k] for k in ("overall", "seen", "unseen")},

@@ -88,6 +88,7 @@ class ToyClipConfig:
     single_fraction: float = 0.8  # share of each batch drawn from object-centric images
     single_per_class: int = 400  # object-centric images per class (0: world captions only)
     single_seed: int = 1000  # their seed stream (evaluation draws from seed 123)
+    surface: str = "flat"  # object surfaces of the world drawn (zss_bench.data.synth_surfaces)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -113,7 +114,10 @@ def _image_size(name: str) -> int:
 def config_hash(cfg: ToyClipConfig) -> str:
     from zss_bench.data.synth import GENERATOR_VERSION
 
-    doc = {"config": dataclasses.asdict(cfg), "code_version": CODE_VERSION,
+    config = dataclasses.asdict(cfg)
+    if config["surface"] == "flat":  # the field came after synth-v1: flat keys stay as they were
+        del config["surface"]
+    doc = {"config": config, "code_version": CODE_VERSION,
            "generator_version": GENERATOR_VERSION, "model_cfg": _model_cfg(cfg.model)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -134,11 +138,12 @@ def toy_captions(classes: list[str], rng: np.random.Generator, variants: bool = 
     return CAPTION_FRAMES[int(rng.integers(len(CAPTION_FRAMES)))].format(body)
 
 
-def _world(seed: int, size: int, n_train: int, progress: bool) -> Path:
+def _world(seed: int, size: int, n_train: int, progress: bool, surface: str = "flat") -> Path:
     """The caption world, generated once into the cache and reused."""
     from zss_bench.data.synth import GENERATOR_VERSION, generate_world
 
-    out = cache_path("toy-clip", "worlds", f"g{GENERATOR_VERSION}-seed{seed}-size{size}-n{n_train}")
+    tail = "" if surface == "flat" else f"-{surface}"
+    out = cache_path("toy-clip", "worlds", f"g{GENERATOR_VERSION}-seed{seed}-size{size}-n{n_train}{tail}")
     marker = out / "world.json"
     try:
         doc = json.loads(marker.read_text(encoding="utf-8"))
@@ -147,7 +152,7 @@ def _world(seed: int, size: int, n_train: int, progress: bool) -> Path:
     except (OSError, ValueError):
         pass
     generate_world(out, seed=seed, size=size, n_train=n_train, n_val=1,
-                   workers=min(2, os.cpu_count() or 1), progress=progress)
+                   workers=min(2, os.cpu_count() or 1), progress=progress, surface=surface)
     return out
 
 
@@ -255,7 +260,7 @@ def _singles(cfg: ToyClipConfig, size: int) -> tuple[torch.Tensor, list[list[str
 
     proto = load_protocol("synth-15-5")
     images, labels = generate_single_object_set(cfg.single_per_class, seed=cfg.single_seed,
-                                                size=size, protocol=proto)
+                                                size=size, protocol=proto, surface=cfg.surface)
     arr = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     return arr, [[proto.classes[int(k)]] for k in labels]
 
@@ -267,7 +272,7 @@ def _train(cfg: ToyClipConfig, progress: bool, on_step: Callable | None = None) 
 
     register_model_configs()
     size = _image_size(cfg.model)
-    world = _world(cfg.world_seed, size, cfg.world_size, progress)
+    world = _world(cfg.world_seed, size, cfg.world_size, progress, cfg.surface)
     images, classes = _load_world(world)
     n_world = len(classes)
     n_single = round(cfg.single_fraction * cfg.batch_size) if cfg.single_per_class else 0
@@ -385,8 +390,8 @@ def pretrain_toy_clip(*, steps: int | None = None, batch_size: int | None = None
 
         clip = load_clip(f"{cfg.model}:{ckpt}")
         audit = TextEncoderAudit()  # pretraining is not a run: keep the process-wide audit clean
-        info["eval"] = evaluate_toy_clip(clip, audit=audit)
-        info["eval_ensemble"] = evaluate_toy_clip(clip, prompt_kind="ensemble", audit=audit)
+        info["eval"] = evaluate_toy_clip(clip, audit=audit, surface=cfg.surface)
+        info["eval_ensemble"] = evaluate_toy_clip(clip, prompt_kind="ensemble", audit=audit, surface=cfg.surface)
     info["total_time_s"] = round(time.perf_counter() - t0, 2)
     atomic_write_text(out / INFO_FILE, json.dumps(info, indent=1) + "\n")
     return ckpt, info
@@ -409,9 +414,10 @@ def default_toy_clip(device: str = "cpu") -> LoadedClip:
 @torch.no_grad()
 def evaluate_toy_clip(clip: LoadedClip, protocol_name: str = "synth-15-5", n_per_class: int = 50,
                       seed: int = 123, prompt_kind: str | None = None, audit=None,
-                      batch_size: int = 250) -> dict:
+                      batch_size: int = 250, surface: str = "flat") -> dict:
     """Zero-shot classification of single-object images with the protocol's class names and
-    prompt templates (``prompt_kind``: 'single', 'ensemble', default: the protocol's).
+    prompt templates (``prompt_kind``: 'single', 'ensemble', default: the protocol's), drawn with
+    ``surface`` object surfaces.
 
     Returns accuracies in percent: ``{"overall", "seen", "unseen", "per_class", "n", ...}``.
     """
@@ -423,7 +429,8 @@ def evaluate_toy_clip(clip: LoadedClip, protocol_name: str = "synth-15-5", n_per
 
     proto = load_protocol(protocol_name)
     size = int(clip.preprocess_cfg.get("image_size", [64])[0])
-    images, labels = generate_single_object_set(n_per_class, seed=seed, size=size, protocol=proto)
+    images, labels = generate_single_object_set(n_per_class, seed=seed, size=size, protocol=proto,
+                                                surface=surface)
     templates = proto.templates(prompt_kind)
     text = class_text_embeddings(clip, proto.classes, templates, audit=audit)
     device = next(clip.model.parameters()).device

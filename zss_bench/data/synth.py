@@ -44,9 +44,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from zss_bench.data.synth_surfaces import SURFACES, check_surface, surface_gain
+
 __all__ = [
     "COLOURS",
     "SHAPES",
+    "SURFACES",
     "GENERATOR_VERSION",
     "SynthWorldError",
     "colour_prototypes",
@@ -296,12 +299,17 @@ def _sample_pose(rng: np.random.Generator, shape: str, size: int, scale: tuple[f
 
 
 def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int],
-           cx: float, cy: float, radius: float) -> None:
-    """Fill ``mask`` with ``rgb`` under a mild linear shading (in place, float image)."""
+           cx: float, cy: float, radius: float, *, shape: str = "", angle: float = 0.0,
+           surface: str = "flat") -> None:
+    """Fill ``mask`` with ``rgb`` under a mild linear shading and the shape's surface pattern
+    (none when ``surface`` is flat; in place, float image)."""
     ys, xs = np.nonzero(mask)
     a = rng.uniform(0, 2 * math.pi)
     proj = ((xs + 0.5 - cx) * math.cos(a) + (ys + 0.5 - cy) * math.sin(a)) / max(radius, 1e-6)
     gain = 1.0 + SHADING * np.clip(proj, -1.0, 1.0)
+    pattern = surface_gain(rng, surface, shape, xs, ys, cx, cy, angle, img.shape[0])
+    if pattern is not None:
+        gain = gain * pattern
     img[ys, xs] = np.asarray(rgb, dtype=np.float32)[None, :] * gain[:, None].astype(np.float32)
 
 
@@ -312,7 +320,8 @@ def _finish(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 
 def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str], *,
                  n_objects: tuple[int, int] = N_OBJECTS,
-                 scale: tuple[float, float] = OBJECT_SCALE) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+                 scale: tuple[float, float] = OBJECT_SCALE,
+                 surface: str = "flat") -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Draw one scene: a muted background and 1-4 objects of distinct random classes.
 
     ``classes`` are class names ``"<colour> <shape>"`` in contiguous-id order (e.g.
@@ -324,9 +333,11 @@ def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str], *,
     unclipped area in pixels) and ``visible`` (pixels of the object in the mask). Each object
     keeps at least ``MIN_VISIBLE`` of ``area`` visible, and objects of the same colour never
     overlap or touch (their shared boundary would be invisible); an object that cannot be
-    placed so (rare) is dropped, never the first one.
+    placed so (rare) is dropped, never the first one. ``surface`` (``flat``: v1; ``textured``)
+    is how object interiors are painted (:mod:`zss_bench.data.synth_surfaces`).
     """
     size = _check_size(size)
+    surface = check_surface(surface)
     parsed = _parse_classes(tuple(classes))
     lo, hi = n_objects
     if not 1 <= lo <= hi:
@@ -363,7 +374,7 @@ def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str], *,
             continue
         cx, cy, radius, angle, m, area = placed
         rgb, hue = _object_colour(rng, colour)
-        _paint(rng, img, m, rgb, cx, cy, radius)
+        _paint(rng, img, m, rgb, cx, cy, radius, shape=shape, angle=angle, surface=surface)
         for prev in masks:
             prev &= ~m
         full_masks.append(m.copy())
@@ -380,12 +391,13 @@ def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str], *,
     return _finish(rng, img), mask, objects
 
 
-def _render_single(rng: np.random.Generator, size: int, colour: str, shape: str) -> np.ndarray:
+def _render_single(rng: np.random.Generator, size: int, colour: str, shape: str,
+                   surface: str = "flat") -> np.ndarray:
     img = _background(rng, size)
     cx, cy, radius, angle = _sample_pose(rng, shape, size, SINGLE_SCALE, SINGLE_OFFSET)
     m = _shape_mask(shape, cx, cy, radius, angle, size)
     rgb, _ = _object_colour(rng, colour)
-    _paint(rng, img, m, rgb, cx, cy, radius)
+    _paint(rng, img, m, rgb, cx, cy, radius, shape=shape, angle=angle, surface=surface)
     return _finish(rng, img)
 
 
@@ -399,7 +411,8 @@ def _jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
 
 def generate_single_object_set(n_per_class: int, seed: int = 0, size: int = 64, *,
                                protocol: Any = "synth-15-5",
-                               jpeg_quality: int | None = JPEG_QUALITY) -> tuple[np.ndarray, np.ndarray]:
+                               jpeg_quality: int | None = JPEG_QUALITY,
+                               surface: str = "flat") -> tuple[np.ndarray, np.ndarray]:
     """One large, roughly centred object per image, for zero-shot *classification*.
 
     Returns ``(images uint8 (N, H, W, 3), labels int64 (N,))`` with ``N = n_per_class * K``
@@ -412,13 +425,14 @@ def generate_single_object_set(n_per_class: int, seed: int = 0, size: int = 64, 
     n_per_class = _check_count(n_per_class, "n_per_class", minimum=1)
     size = _check_size(size)
     seed = _check_count(seed, "seed", minimum=0)
+    surface = check_surface(surface)
     classes = _resolve_protocol(protocol).classes
     parsed = _parse_classes(tuple(classes))
     labels = np.repeat(np.arange(len(parsed), dtype=np.int64), n_per_class)
     images = np.empty((len(labels), size, size, 3), dtype=np.uint8)
     for i, cid in enumerate(labels.tolist()):
         rng = np.random.default_rng(np.random.SeedSequence([seed, _SINGLE_INDEX, i]))
-        rgb = _render_single(rng, size, *parsed[cid])
+        rgb = _render_single(rng, size, *parsed[cid], surface=surface)
         images[i] = rgb if jpeg_quality is None else _jpeg_roundtrip(rgb, jpeg_quality)
     return images, labels
 
@@ -510,13 +524,13 @@ def _write_json(path: Path, doc: dict) -> None:
 
 
 def _render_and_write(out: str, split: str, seed: int, size: int, start: int, stop: int, n: int,
-                      classes: tuple[str, ...]) -> list[list[dict]]:
+                      classes: tuple[str, ...], surface: str = "flat") -> list[list[dict]]:
     """Render images ``start..stop-1`` of ``split`` and write their files; return the objects."""
     root = Path(out)
     result = []
     for i in range(start, stop):
         rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_INDEX[split], i]))
-        rgb, mask, objects = render_scene(rng, size, classes)
+        rgb, mask, objects = render_scene(rng, size, classes, surface=surface)
         stem = _stem(split, i, n)
         Image.fromarray(rgb, mode="RGB").save(root / "JPEGImages" / f"{stem}.jpg", format="JPEG",
                                               quality=JPEG_QUALITY)
@@ -534,7 +548,7 @@ def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
 
 def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: int = 64, n_train: int = 2000,
                    n_val: int = 300, workers: int = 1, progress: bool = True, *,
-                   protocol: Any = "synth-15-5") -> dict:
+                   protocol: Any = "synth-15-5", surface: str = "flat") -> dict:
     """Generate the synthetic world into ``out_dir`` (VOC layout) and return ``world.json``.
 
     Layout::
@@ -554,6 +568,7 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: int = 64, n_
     n_train = _check_count(n_train, "n_train", minimum=1)
     n_val = _check_count(n_val, "n_val", minimum=1)
     workers = _check_count(workers, "workers", minimum=1)
+    surface = check_surface(surface)
     proto = _resolve_protocol(protocol)
     if proto.dataset != "synth":
         raise SynthWorldError(f"protocol {proto.name!r} is for dataset {proto.dataset!r}, not 'synth'")
@@ -586,11 +601,11 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: int = 64, n_
             n = sizes[split]
             jobs = _chunks(n, workers)
             if pool is None:
-                results = (_render_and_write(str(out), split, seed, size, a, b, n, classes)
+                results = (_render_and_write(str(out), split, seed, size, a, b, n, classes, surface)
                            for a, b in jobs)
             else:
-                results = pool.map(_render_and_write, *zip(*[(str(out), split, seed, size, a, b, n, classes)
-                                                            for a, b in jobs]))
+                results = pool.map(_render_and_write, *zip(*[(str(out), split, seed, size, a, b, n, classes,
+                                                              surface) for a, b in jobs]))
             objs: list[list[dict]] = []
             for part in results:
                 objs.extend(part)
@@ -639,5 +654,7 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: int = 64, n_
         "jpeg_quality": JPEG_QUALITY,
         "counts": counts,
     }
+    if surface != "flat":  # flat (v1) worlds keep their v1 world.json byte for byte
+        summary["surface"] = surface
     _write_json(out / "world.json", summary)
     return json.loads(json.dumps(summary))

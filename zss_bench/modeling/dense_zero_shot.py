@@ -40,13 +40,13 @@ def patch_labels(native: np.ndarray, patch: int, min_purity: float = 0.5) -> np.
     return np.where((best > 0) & (share >= min_purity), best - 1, -1)
 
 
-def _scenes(protocol, n_images: int, seed: int, size: int):
+def _scenes(protocol, n_images: int, seed: int, size: int, surface: str = "flat"):
     from zss_bench.data.synth import JPEG_QUALITY, _SPLIT_INDEX, _jpeg_roundtrip, render_scene
 
     images, masks, present = [], [], []
     for i in range(n_images):
         rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_INDEX["val"], i]))
-        rgb, mask, objects = render_scene(rng, size, protocol.classes)
+        rgb, mask, objects = render_scene(rng, size, protocol.classes, surface=surface)
         images.append(_jpeg_roundtrip(rgb, JPEG_QUALITY))
         masks.append(mask)
         present.append(sorted({o["class_id"] for o in objects}))
@@ -68,9 +68,11 @@ def _attributes(classes) -> tuple[np.ndarray, np.ndarray] | None:
 @torch.no_grad()
 def evaluate_dense_zero_shot(clip: LoadedClip, protocol_name: str = "synth-15-5", n_images: int = 200,
                              seed: int = 7, size: int | None = None, prompt_kind: str | None = None,
-                             min_purity: float = 0.5, audit=None, batch_size: int = 50) -> dict:
+                             min_purity: float = 0.5, audit=None, batch_size: int = 50,
+                             surface: str = "flat") -> dict:
     """Per-patch zero-shot classification on ``n_images`` validation scenes of the synthetic world of
-    ``seed`` (default 7, the dev world) at ``size`` px (default: CLIP's own input size).
+    ``seed`` (default 7, the dev world) at ``size`` px (default: CLIP's own input size), objects drawn
+    with ``surface`` (flat: v1).
 
     Returns, per readout (``dense``, ``value``), accuracies in percent over scored patches: ``overall``,
     ``seen``, ``unseen``, ``mean_class`` (mean of per-class accuracies) and ``in_image`` (share of patches
@@ -89,7 +91,7 @@ def evaluate_dense_zero_shot(clip: LoadedClip, protocol_name: str = "synth-15-5"
     teacher = ClipTeacher(clip).eval()
     size = int(size or teacher.image_size[0])
     patch = teacher.vit.patch_size[0]
-    images, masks, present = _scenes(proto, n_images, seed, size)
+    images, masks, present = _scenes(proto, n_images, seed, size, surface)
     text = F.normalize(class_text_embeddings(clip, proto.classes, proto.templates(prompt_kind), audit=audit), dim=-1)
     device = next(clip.model.parameters()).device
     preds = {r: [] for r in READOUTS}
