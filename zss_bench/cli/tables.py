@@ -24,7 +24,16 @@ def cmd_leaderboard(args) -> int:
                           "runs/; the project's committed table is --results results)")
     _check_outputs(args)
     if args.grid:
+        if args.agreement:
+            from zss_bench.tables.agreement import AgreementError
+
+            raise AgreementError("--agreement ranks the leaderboard's rows; it does not apply to --grid pivots")
         return _sweep_tables(args)
+    published = registry_for_tables(args.reported) if args.agreement or args.format != "csv" else None
+    if args.agreement:
+        from zss_bench.tables.agreement import check_reference
+
+        check_reference(published, args.agreement)  # before any work: one line, exit 2
     runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_warn)
     if args.config:
         from fnmatch import fnmatchcase
@@ -34,7 +43,7 @@ def cmd_leaderboard(args) -> int:
     reference = None if args.vs.lower() == "none" else args.vs
     if reference:
         table = add_paired_column(table, runs, reference, n_boot=args.n_boot, on_note=_warn)
-    reported = None if args.format == "csv" else registry_for_tables(args.reported)
+    reported = None if args.format == "csv" else published
     if reported is None:
         text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference,
                                   n_boot=args.n_boot)
@@ -46,11 +55,15 @@ def cmd_leaderboard(args) -> int:
             if not sub.empty:
                 parts.append(render_leaderboard(sub, fmt=args.format, convention=args.convention,
                                                 reference=reference, n_boot=args.n_boot))
+                parts.append(_agreement(args, sub, name, published))
             elif reported[0].for_protocol(name):
                 parts.append(_no_runs(name, args.format))
             parts.append(reported_sections(name, reported, sub, runs, fmt=args.format, n_boot=args.n_boot,
                                            on_note=_warn))
         text = "\n".join(p for p in parts if p) or render_leaderboard(table, fmt=args.format)
+    if args.format == "csv" and args.agreement:  # the CSV stays one table: the section goes to stderr
+        for name in sorted(set(table["protocol"])):
+            print(_agreement(args, table[table["protocol"] == name], name, published, "text"), file=sys.stderr)
     if args.format != "csv":
         from zss_bench.records.failed import iter_notes
         from zss_bench.tables.leaderboard import render_failed
@@ -62,6 +75,17 @@ def cmd_leaderboard(args) -> int:
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     return 0
+
+
+def _agreement(args, table, protocol: str, published, fmt: str | None = None) -> str:
+    """The rank-agreement section of ``protocol``'s rows with ``--agreement``'s published rows ('' without it)."""
+    if not args.agreement:
+        return ""
+    from zss_bench.tables.agreement import agreement, check_reference, render_agreement
+
+    result = agreement(table, check_reference(published, args.agreement), protocol, args.agreement,
+                       metric=args.agreement_metric)
+    return render_agreement(result, fmt or args.format)
 
 
 def _no_runs(protocol: str, fmt: str) -> str:
@@ -142,7 +166,8 @@ def cmd_report(args) -> int:
 
     reference = None if args.vs.lower() == "none" else args.vs
     path = build_report(args.results, args.out, protocol=args.protocol, grids=args.grid, reference=reference,
-                        n_boot=args.n_boot, n=args.n, on_note=_warn, reported=args.reported)
+                        n_boot=args.n_boot, n=args.n, on_note=_warn, reported=args.reported,
+                        agreement=args.agreement, agreement_metric=args.agreement_metric)
     print(f"wrote {path}")
     return 0
 
@@ -171,6 +196,8 @@ def add_tables(sub) -> None:
                    help="registry of published results shown per protocol under the harness's tables, with "
                         "reproduced − reported where both exist (default: the project's results/reported; "
                         "'none' leaves them out; not in --format csv)")
+    _agreement_options(p, "after each protocol's leaderboard table; with --format csv the CSV stays one table "
+                          "and the section is printed, as plain text, to stderr; not with --grid")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("compare", help="paired bootstrap of two runs on the same images")
@@ -207,4 +234,18 @@ def add_tables(sub) -> None:
     p.add_argument("--reported", default=None, metavar="DIR",
                    help="registry of published results shown in each protocol's section (default: the project's "
                         "results/reported; 'none' leaves them out)")
+    _agreement_options(p, "in each protocol's section, after its leaderboard")
     p.set_defaults(func=cmd_report)
+
+
+def _agreement_options(p, where: str) -> None:
+    p.add_argument("--agreement", metavar="PROTOCOL",
+                   help="rank agreement of the harness's rows with the PUBLISHED rows of PROTOCOL (e.g. voc-15-5; "
+                        "inductive entries of the --reported registry only): Kendall tau-b and Spearman rho over the "
+                        "systems both have (method + config label = registry method + variant; default = no "
+                        "variant), the systems in common and the pairs ranked differently; with fewer than 3 in "
+                        f"common, says so and computes nothing. Shown {where}. Needs the registry (not with "
+                        "--reported none)")
+    p.add_argument("--agreement-metric", choices=["h", "S", "U"], default="h",
+                   help="metric --agreement ranks by: h (hIoU, default; 2SU/(S+U) where a source prints only S "
+                        "and U), S (seen mIoU) or U (unseen mIoU)")

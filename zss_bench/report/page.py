@@ -27,12 +27,20 @@ def _per_test_set(runs, draw: Callable) -> list[str]:
     return [part for ts in sets for part in (f"<h4>{esc(ts)}</h4>", draw(runs[runs["test_set"] == ts]))]
 
 
+def _agreement_html(table, entries, protocol: str, reference: str, metric: str) -> str:
+    from zss_bench.tables.agreement import agreement, render_agreement
+
+    return render_agreement(agreement(table, entries, protocol, reference, metric=metric), "html")
+
+
 def build_report(results_root: str | Path, out: str | Path, protocol: str | None = None, grids=(),
                  reference: str | None = "chimera", n_boot: int = 1000, n: int = 4,
-                 on_note: Callable[[str], None] | None = None, reported: str | None = None) -> Path:
+                 on_note: Callable[[str], None] | None = None, reported: str | None = None,
+                 agreement: str | None = None, agreement_metric: str = "h") -> Path:
     """Write ``out/index.html`` from the records under ``results_root``; return its path. Skipped files and
     undrawable pictures are listed on the page and passed to ``on_note``. ``reported``: the registry of
-    published results shown in each protocol's section (default: the project's; ``"none"``: left out)."""
+    published results shown in each protocol's section (default: the project's; ``"none"``: left out).
+    ``agreement``: a protocol whose published rows each leaderboard's ranking is compared with (τ-b, ρ)."""
     from zss_bench.records.failed import iter_notes
     from zss_bench.report.leaderboard import leaderboard_html
     from zss_bench.report.runs import overlays_html, per_class_html, provenance_html
@@ -59,6 +67,10 @@ def build_report(results_root: str | Path, out: str | Path, protocol: str | None
 
     check_writable_dir(out, "--out")  # before any work: a read-only --out is one line, not a late traceback
     published = registry_for_tables(reported)  # a broken registry file: one line before any work
+    if agreement:
+        from zss_bench.tables.agreement import check_reference
+
+        reference_entries = check_reference(published, agreement)  # unknown or unfiled: one line before any work
     notes: list[str] = []
 
     def report(message: str) -> None:
@@ -98,9 +110,11 @@ def build_report(results_root: str | Path, out: str | Path, protocol: str | None
                      reported_sections(name, published, sub, sub, "html", n_boot, on_note=report)]
             continue
         records = [load(p) for p in sub.sort_values(["method", "config", "seed", "run_id"])["path"]]
+        table = aggregate(sub)
         body += [f'<h2 id="{_anchor(name)}">{esc(name)}</h2>',
                  "<h3>Leaderboard</h3>", leaderboard_html(sub, reference, n_boot, on_note=report),
-                 reported_sections(name, published, aggregate(sub), sub, "html", n_boot, on_note=report),
+                 _agreement_html(table, reference_entries, name, agreement, agreement_metric) if agreement else "",
+                 reported_sections(name, published, table, sub, "html", n_boot, on_note=report),
                  render_failed([n for _, n in iter_notes(results_root, name)], "html"),
                  "<h3>Per-class IoU</h3>", *_per_test_set(sub, lambda part: per_class_html(part, load)),
                  "<h3>Predictions</h3>", overlays_html(records, n, report),
