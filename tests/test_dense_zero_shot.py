@@ -36,7 +36,7 @@ def test_a_teacher_whose_patches_are_their_class_text_scores_100_and_the_grid_is
     audit = TextEncoderAudit()
     rng = np.random.default_rng(0)
 
-    def scenes(protocol, n, seed, size):
+    def scenes(protocol, n, seed, size, surface="flat"):
         masks = np.zeros((n, size, size), dtype=np.uint8)
         present = []
         for i in range(n):

@@ -7,7 +7,12 @@ choices explicitly; this module validates such a file strictly (a typo must fail
 not silently change an experiment) and fingerprints its normalised content so every
 result can record exactly which protocol produced it.
 
-Public API: :func:`load_protocol`, :func:`list_protocols`, :class:`Protocol`,
+Versions: a shipped protocol whose definition changed keeps its old file; the new one is
+``<name>@<version>.yaml`` (same ``name``, higher ``version``), loaded as ``"<name>@<version>"``;
+``"<name>@<v>"`` also loads the bare ``<name>.yaml`` when that file is version ``v``, so a record's
+``(name, version)`` always finds its definition (:func:`protocol_ref`).
+
+Public API: :func:`load_protocol`, :func:`list_protocols`, :func:`protocol_ref`, :class:`Protocol`,
 :class:`ProtocolError`.
 """
 
@@ -33,6 +38,7 @@ __all__ = [
     "load_protocol",
     "list_protocols",
     "protocol_from_dict",
+    "protocol_ref",
     "protocols_dir",
 ]
 
@@ -47,7 +53,9 @@ _REQUIRED_KEYS = (
     "name", "version", "description", "dataset", "classes", "unseen", "ignore_label",
     "native_ids", "background", "evaluation", "prompts", "image_sets",
 )
-_OPTIONAL_KEYS = ("class_aliases", "training", "references")
+_OPTIONAL_KEYS = ("class_aliases", "training", "references", "world")
+WORLD_SURFACES = ("flat", "textured")  # = zss_bench.data.synth_surfaces.SURFACES (a test keeps them equal)
+DEFAULT_WORLD = {"surface": "flat", "teacher": "zss-toy-vit:synth-v1"}  # synth-15-5 v1, before `world` existed
 
 
 # --------------------------------------------------------------------------- errors
@@ -202,12 +210,13 @@ class _Validator:
         self.mapping(raw, "", _REQUIRED_KEYS, _OPTIONAL_KEYS)
 
         name = self.string(raw["name"], "name")
-        if self.path is not None and name != self.path.stem:
-            raise self.fail("name", f"expected '{self.path.stem}' (the file name without .yaml), "
-                            f"found '{name}'")
+        version = self.integer(raw["version"], "version", 1)
+        if self.path is not None and self.path.stem not in (name, f"{name}@{version}"):
+            raise self.fail("name", f"expected '{self.path.stem}' (the file name without .yaml; a later version "
+                            f"of a protocol: <name>@<version>.yaml), found '{name}' version {version}")
         doc: dict[str, Any] = {
             "name": name,
-            "version": self.integer(raw["version"], "version", 1),
+            "version": version,
             "description": self._description(raw["description"]),
             "dataset": self.choice(raw["dataset"], "dataset", DATASETS),
         }
@@ -226,7 +235,19 @@ class _Validator:
         doc["prompts"] = self._prompts(raw["prompts"])
         doc["image_sets"] = image_sets
         doc["references"] = self._references(raw.get("references", []))
+        if "world" in raw:  # only when written: older protocols keep their hash
+            doc["world"] = self._world(raw["world"], doc["dataset"])
         return doc
+
+    def _world(self, value: Any, dataset: str) -> dict:
+        """How a generated world is drawn and which teacher is its CLIP (synthetic protocols only)."""
+        if dataset != "synth":
+            raise self.fail("world", f"only a synthetic protocol (dataset: synth) generates a world; "
+                            f"this one is for dataset {dataset!r}")
+        self.mapping(value, "world", (), ("surface", "teacher"))
+        return {"surface": self.choice(value.get("surface", DEFAULT_WORLD["surface"]), "world.surface",
+                                       WORLD_SURFACES),
+                "teacher": self.string(value.get("teacher", DEFAULT_WORLD["teacher"]), "world.teacher")}
 
     def _description(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -461,6 +482,19 @@ class Protocol:
         return tuple(self._doc["references"])
 
     @property
+    def world(self) -> dict[str, str]:
+        """Synthetic protocols: ``{"surface", "teacher"}`` of the generated world (v1's when unwritten)."""
+        return {**DEFAULT_WORLD, **self._doc.get("world", {})}
+
+    @property
+    def ref(self) -> str:
+        """The string that loads exactly this definition: ``name``, or ``name@version`` for a later version
+        shipped beside the bare file (also what CLI hints print)."""
+        if self.path is not None and "@" in self.path.stem:
+            return self.path.stem
+        return self.name
+
+    @property
     def prompts(self) -> dict[str, Any]:
         p = self._doc["prompts"]
         return {"single": tuple(p["single"]), "ensemble": tuple(p["ensemble"]), "default": p["default"]}
@@ -583,8 +617,15 @@ def protocols_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "protocols"
 
 
+def protocol_ref(info: dict) -> str:
+    """``name@version`` for a record's ``protocol`` block (``{"name", "version", ...}``; name alone when it
+    has no version): the argument of :func:`load_protocol` that finds the definition the record used."""
+    version = info.get("version")
+    return f"{info['name']}@{version}" if version is not None else str(info["name"])
+
+
 def list_protocols() -> list[str]:
-    """Sorted names of the shipped protocols (YAML file stems)."""
+    """Sorted names of the shipped protocols (YAML file stems; later versions as ``name@version``)."""
     folder = protocols_dir()
     if not folder.is_dir():
         return []
@@ -606,6 +647,16 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
         return path
     names = list_protocols()
     if text not in names:
+        base, at, version = text.partition("@")
+        if at and base in names and version.isdigit():  # name@v of the bare file, when it is version v
+            bare = (protocols_dir() / f"{base}.yaml").resolve()
+            raw = _parse_yaml(bare.read_bytes(), bare)
+            if isinstance(raw, dict) and str(raw.get("version")) == version:
+                return bare
+            versions = sorted([str(raw.get("version")) if isinstance(raw, dict) else "?"]
+                              + [n.partition("@")[2] for n in names if n.startswith(base + "@")])
+            raise UnknownNameError(f"protocol {base!r} has no version {version} here (shipped: "
+                                   f"{', '.join(versions)}); a record made with it needs that definition")
         raise UnknownNameError.for_name("protocol", text, names)
     return (protocols_dir() / f"{text}.yaml").resolve()
 

@@ -49,6 +49,7 @@ USER_ERRORS = (
     ("zss_bench.plugins", "PluginError"), ("zss_bench.plugins", "MethodConfigError"),
     ("zss_bench.plugins", "MetaArchitectureError"),
     ("zss_bench.engine.launch", "WorkerError"), ("zss_bench.reported.registry", "RegistryError"),
+    ("zss_bench.clip.shipped", "ShippedWeightsError"),
 )
 
 

@@ -34,9 +34,9 @@ def _at_least(minimum: int):
 
 def _unseen_names(rec: dict) -> list[str]:
     try:
-        from zss_bench.protocol import load_protocol
+        from zss_bench.protocol import load_protocol, protocol_ref
 
-        return list(load_protocol(rec["protocol"]["name"]).unseen_names)
+        return list(load_protocol(protocol_ref(rec["protocol"])).unseen_names)
     except Exception:  # noqa: BLE001 - only decorates the printout
         return []
 

@@ -51,8 +51,10 @@ def _shown_path(path: Path) -> str:
 
 def cmd_toy_pretrain(args) -> int:
     from zss_bench.clip.toy import pretrain_toy_clip
+    from zss_bench.protocol import load_protocol
 
-    overrides = {"steps": args.steps, "batch_size": args.batch_size}
+    overrides = {"steps": args.steps, "batch_size": args.batch_size,
+                 "surface": load_protocol(args.protocol).world["surface"]}
     path, info = pretrain_toy_clip(seed=args.seed, cache=not args.force, progress=not args.json,
                                    **{k: v for k, v in overrides.items() if v is not None})
     from zss_bench.clip.shipped import reference_toy_spec
@@ -76,9 +78,10 @@ def cmd_toy_pretrain(args) -> int:
 def cmd_toy_eval(args) -> int:
     from zss_bench.clip import load_clip
     from zss_bench.clip.text_embeddings import TextEncoderAudit
-    from zss_bench.clip.toy import DEFAULT_MODEL, evaluate_toy_clip
+    from zss_bench.clip.toy import evaluate_toy_clip
+    from zss_bench.protocol import load_protocol
 
-    clip = load_clip(args.clip or DEFAULT_MODEL)  # bare name = the shipped reference tag
+    clip = load_clip(args.clip or load_protocol(args.protocol).world["teacher"])  # the protocol's shipped teacher
     audit = TextEncoderAudit()
     result = evaluate_toy_clip(clip, protocol_name=args.protocol, n_per_class=args.n_per_class,
                                prompt_kind=args.prompts, audit=audit)
@@ -107,6 +110,29 @@ def cmd_toy_eval(args) -> int:
     return 0
 
 
+def cmd_toy_export(args) -> int:
+    from zss_bench.clip.export import export_toy_clip
+
+    dense = None
+    if args.dense_images:
+        from zss_bench.clip import load_clip
+        from zss_bench.clip.export import _info_of
+        from zss_bench.clip.text_embeddings import TextEncoderAudit
+        from zss_bench.modeling.dense_zero_shot import READOUTS, evaluate_dense_zero_shot
+
+        model = _info_of(Path(args.checkpoint).expanduser())["config"]["model"]
+        result = evaluate_dense_zero_shot(load_clip(f"{model}:{Path(args.checkpoint).expanduser()}"),
+                                          protocol_name=args.protocol, n_images=args.dense_images,
+                                          audit=TextEncoderAudit())
+        dense = {"protocol": args.protocol, **{k: result[k] for k in ("n_images", "world_seed", "size", "grid",
+                                                                      "patches", "chance")},
+                 **{r: result[r] for r in READOUTS}}
+    entry = export_toy_clip(args.checkpoint, args.tag, args.description, dense=dense)
+    print(f"shipped {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]}...) as tag "
+          f"{args.tag}; load it with --clip {entry['recipe']['config']['model']}:{args.tag}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from zss_bench.demo import run_demo
 
@@ -124,11 +150,14 @@ def add_toy_clip(sub) -> None:
     t.add_argument("--steps", type=int, help="training steps (default: the toy CLIP config's)")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--protocol", default="synth-15-5", help="synthetic protocol whose world (its object surfaces) "
+                   "the captions come from (default: synth-15-5, i.e. v1; synth-15-5@2: textured)")
     t.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint matches")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_toy_pretrain)
     t = toy.add_parser("eval", help="zero-shot classification of single-object synthetic images")
-    t.add_argument("--clip", help="CLIP spec (default: zss-toy-vit, i.e. the shipped reference tag zss-toy-vit:synth-v1)")
+    t.add_argument("--clip", help="CLIP spec (default: the protocol's shipped teacher, world.teacher: "
+                   "zss-toy-vit:synth-v1 for synth-15-5)")
     t.add_argument("--protocol", default="synth-15-5")
     t.add_argument("--n-per-class", type=int, default=50)
     t.add_argument("--prompts", choices=["single", "ensemble"], help="prompt kind (default: the protocol's)")
@@ -140,6 +169,14 @@ def add_toy_clip(sub) -> None:
     t.add_argument("--size", type=int, help="scene size in px (default: the CLIP's own input size)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_toy_eval)
+    t = toy.add_parser("export", help="ship a pretrained checkpoint as a new tag (weights file + tags.json entry)")
+    t.add_argument("checkpoint", help="checkpoint.pt written by `toy-clip pretrain` (its info.json beside it)")
+    t.add_argument("--tag", required=True, help="new tag, e.g. synth-v2 (an existing tag is never rebound)")
+    t.add_argument("--description", required=True, help="what the teacher is and which protocol uses it")
+    t.add_argument("--protocol", default="synth-15-5", help="protocol whose world the dense accuracy is measured on")
+    t.add_argument("--dense-images", type=int, default=200, metavar="N",
+                   help="record dense zero-shot accuracy on N dev-world validation scenes (default 200; 0: skip)")
+    t.set_defaults(func=cmd_toy_export)
 
 
 def add_methods_demo(sub) -> None:

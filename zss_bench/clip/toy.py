@@ -414,10 +414,10 @@ def default_toy_clip(device: str = "cpu") -> LoadedClip:
 @torch.no_grad()
 def evaluate_toy_clip(clip: LoadedClip, protocol_name: str = "synth-15-5", n_per_class: int = 50,
                       seed: int = 123, prompt_kind: str | None = None, audit=None,
-                      batch_size: int = 250, surface: str = "flat") -> dict:
+                      batch_size: int = 250, surface: str | None = None) -> dict:
     """Zero-shot classification of single-object images with the protocol's class names and
     prompt templates (``prompt_kind``: 'single', 'ensemble', default: the protocol's), drawn with
-    ``surface`` object surfaces.
+    ``surface`` object surfaces (default: the protocol's world).
 
     Returns accuracies in percent: ``{"overall", "seen", "unseen", "per_class", "n", ...}``.
     """

@@ -112,6 +112,23 @@ def _scan(entry: ImageEntry, protocol: Protocol, luts: dict, split: str, out_dir
     return res
 
 
+def _check_world_surface(root: Path, protocol: Protocol) -> None:
+    """A generated world drawn for one protocol version never passes for another (flat v1 objects under a
+    textured v2 protocol would be a silently different benchmark)."""
+    marker = Path(root) / "world.json"
+    if not marker.is_file():
+        return  # a user's own VOC-style folder: nothing recorded to compare
+    try:
+        drawn = json.loads(marker.read_text(encoding="utf-8")).get("surface", "flat")
+    except ValueError:
+        raise PrepareError(f"{marker}: not valid JSON; regenerate the world with `zss-bench synth generate`") from None
+    wanted = protocol.world["surface"]
+    if drawn != wanted:
+        raise PrepareError(f"{marker}: this world was drawn with {drawn} object surfaces, but protocol "
+                           f"{protocol.ref} (v{protocol.version}) needs {wanted} ones; generate its world with "
+                           f"`zss-bench synth generate --protocol {protocol.ref} --out DIR`")
+
+
 def prepare_dataset(dataset: str, root, protocol: Protocol, *, report_only: bool = False, workers: int = 4,
                     progress: bool = True) -> dict:
     """Check, index and convert ``dataset`` at ``root`` for ``protocol``; return the report.
@@ -123,6 +140,8 @@ def prepare_dataset(dataset: str, root, protocol: Protocol, *, report_only: bool
     if protocol.dataset != dataset:
         raise PrepareError(f"protocol {protocol.name} is for dataset '{protocol.dataset}', not '{dataset}'")
     layout = layout_cls(root)
+    if dataset == "synth":
+        _check_world_surface(layout.root, protocol)
     luts = {"native": protocol.native_lut(), "contiguous": _identity_lut(protocol)}
     luts["train_native"] = training_lut(protocol, luts["native"])
     luts["train_contiguous"] = training_lut(protocol, luts["contiguous"])

@@ -412,7 +412,7 @@ def _jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
 def generate_single_object_set(n_per_class: int, seed: int = 0, size: int = 64, *,
                                protocol: Any = "synth-15-5",
                                jpeg_quality: int | None = JPEG_QUALITY,
-                               surface: str = "flat") -> tuple[np.ndarray, np.ndarray]:
+                               surface: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One large, roughly centred object per image, for zero-shot *classification*.
 
     Returns ``(images uint8 (N, H, W, 3), labels int64 (N,))`` with ``N = n_per_class * K``
@@ -420,13 +420,14 @@ def generate_single_object_set(n_per_class: int, seed: int = 0, size: int = 64, 
     backgrounds, colours and drawing code as the scenes; by default each image goes through
     the same JPEG encoding (quality 95) as the world's files, so a model sees the same
     pixel statistics (``jpeg_quality=None`` skips it). Image ``i`` is drawn from
-    ``SeedSequence([seed, 2, i])``.
+    ``SeedSequence([seed, 2, i])``. ``surface``: the protocol's (``world.surface``) unless given.
     """
     n_per_class = _check_count(n_per_class, "n_per_class", minimum=1)
     size = _check_size(size)
     seed = _check_count(seed, "seed", minimum=0)
-    surface = check_surface(surface)
-    classes = _resolve_protocol(protocol).classes
+    proto = _resolve_protocol(protocol)
+    surface = check_surface(proto.world["surface"] if surface is None else surface)
+    classes = proto.classes
     parsed = _parse_classes(tuple(classes))
     labels = np.repeat(np.arange(len(parsed), dtype=np.int64), n_per_class)
     images = np.empty((len(labels), size, size, 3), dtype=np.uint8)
@@ -548,7 +549,7 @@ def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
 
 def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: int = 64, n_train: int = 2000,
                    n_val: int = 300, workers: int = 1, progress: bool = True, *,
-                   protocol: Any = "synth-15-5", surface: str = "flat") -> dict:
+                   protocol: Any = "synth-15-5", surface: str | None = None) -> dict:
     """Generate the synthetic world into ``out_dir`` (VOC layout) and return ``world.json``.
 
     Layout::
@@ -561,15 +562,16 @@ def generate_world(out_dir: str | os.PathLike, seed: int = 0, size: int = 64, n_
 
     Stems are ``synth_train_000123`` / ``synth_val_000045``. The same arguments give
     byte-identical files whatever ``workers`` is. ``out_dir`` must be new, empty or a
-    previous synthetic world (whose files are replaced); anything else is refused.
+    previous synthetic world (whose files are replaced); anything else is refused. Objects are
+    painted with the protocol's ``world.surface`` unless ``surface`` is given (flat: v1).
     """
     seed = _check_count(seed, "seed", minimum=0)
     size = _check_size(size)
     n_train = _check_count(n_train, "n_train", minimum=1)
     n_val = _check_count(n_val, "n_val", minimum=1)
     workers = _check_count(workers, "workers", minimum=1)
-    surface = check_surface(surface)
     proto = _resolve_protocol(protocol)
+    surface = check_surface(proto.world["surface"] if surface is None else surface)
     if proto.dataset != "synth":
         raise SynthWorldError(f"protocol {proto.name!r} is for dataset {proto.dataset!r}, not 'synth'")
     classes = tuple(proto.classes)

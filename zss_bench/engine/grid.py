@@ -207,7 +207,7 @@ def _find(records: list[dict], protocol: str, protocol_hash: str, method: str, l
     for rec in records:
         same = (rec["method"].get("config_hash") == config_hash if config_hash
                 else rec["method"].get("label") == label)
-        if (rec["protocol"]["name"] == protocol and rec["protocol"].get("hash") == protocol_hash
+        if (rec["protocol"]["name"] == protocol.partition("@")[0] and rec["protocol"].get("hash") == protocol_hash
                 and rec["method"]["name"] == method and same and rec.get("provenance", {}).get("seed") == seed
                 and rec.get("kind") == "run"):
             if clip_hash is not None and rec.get("clip") and rec["clip"].get("weights_hash") != clip_hash():

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zss_bench.protocol import Protocol, ProtocolError, load_protocol
+from zss_bench.protocol import Protocol, ProtocolError, load_protocol, protocol_ref
 from zss_bench.records.paths import expand_path, expand_spec
 from zss_bench.records.store import LoadedRun, RecordError, load_run
 
@@ -92,7 +92,7 @@ def _dataset_root(protocol: Protocol, recorded: str, override: str | None) -> st
     from zss_bench.engine.run import default_synth_world_dir
 
     path = Path(expand_path(recorded)) if recorded else None
-    if protocol.dataset == "synth" and path is not None and path.name == default_synth_world_dir().name:
+    if protocol.dataset == "synth" and path is not None and path.name == default_synth_world_dir(protocol).name:
         return None
     if path is not None and path.is_dir():
         return str(path)
@@ -134,8 +134,8 @@ def plan(run: LoadedRun, *, data_root: str | None = None, clip_override: str | N
             raise ReproduceError(f"{where}: the method block has no resolved '{key}'; cannot re-run it")
     pinfo = rec["protocol"]
     try:
-        protocol = load_protocol(pinfo["name"])
-    except ProtocolError as exc:
+        protocol = load_protocol(protocol_ref(pinfo))
+    except (ProtocolError, KeyError) as exc:
         raise ReproduceError(f"{where}: its protocol cannot be loaded here ({exc})") from None
     if protocol.content_hash != pinfo["hash"]:
         raise ReproduceError(

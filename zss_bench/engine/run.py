@@ -59,23 +59,28 @@ class RunRequest:
     device: str = "auto"  # auto | cpu | cuda: overrides MODEL.DEVICE (auto: CUDA when visible; engine.launch)
 
 
-def default_synth_world_dir() -> Path:
-    """Where the default synth-15-5 world lives in the cache (not generated here)."""
+def default_synth_world_dir(protocol: Protocol | None = None) -> Path:
+    """Where the default world of a synthetic protocol (synth-15-5 v1 when None) lives in the cache (not
+    generated here); a textured world (v2) gets its own folder."""
     from zss_bench.cache import cache_path
     from zss_bench.data.synth import GENERATOR_VERSION
 
     w = SYNTH_WORLD
-    return cache_path("synth-world", f"v{GENERATOR_VERSION}-seed{w['seed']}-{w['size']}px-{w['n_train']}-{w['n_val']}")
+    surface = protocol.world["surface"] if protocol is not None else "flat"
+    tail = "" if surface == "flat" else f"-{surface}"
+    return cache_path("synth-world",
+                      f"v{GENERATOR_VERSION}-seed{w['seed']}-{w['size']}px-{w['n_train']}-{w['n_val']}{tail}")
 
 
-def default_synth_world() -> Path:
-    """The synth-15-5 world used when no --data-root is given: generated and prepared once, cached."""
+def default_synth_world(protocol: Protocol | None = None) -> Path:
+    """The world of a synthetic protocol used when no --data-root is given: generated and prepared once, cached."""
     from zss_bench.data.synth import generate_world
 
     w = SYNTH_WORLD
-    root = default_synth_world_dir()
+    root = default_synth_world_dir(protocol)
     if not (root / "world.json").is_file() or json.loads((root / "world.json").read_text()).get("complete") is False:
-        generate_world(root, seed=w["seed"], size=w["size"], n_train=w["n_train"], n_val=w["n_val"])
+        generate_world(root, seed=w["seed"], size=w["size"], n_train=w["n_train"], n_val=w["n_val"],
+                       protocol=protocol if protocol is not None else "synth-15-5")
     return root
 
 
@@ -85,7 +90,7 @@ def ensure_dataset(protocol: Protocol, data_root: str | None) -> Path:
     from zss_bench.data.prepare import PrepareError, load_index, prepare_dataset
 
     if protocol.dataset == "synth" and not data_root:
-        root = default_synth_world()
+        root = default_synth_world(protocol)
     else:
         root = dataset_root(data_root, flag="--data-root")
     try:

@@ -9,13 +9,12 @@ REAL_DEFAULT = "ViT-B-16:openai"
 
 
 def resolve_clip_spec(spec: str, protocol: Protocol) -> str:
-    """'' -> the protocol's default CLIP: the shipped toy CLIP tag for synth (``zss-toy-vit:synth-v1``,
-    the same weights on every machine), ViT-B/16 (OpenAI weights) otherwise."""
+    """'' -> the protocol's default CLIP: for synth its world's shipped teacher (``world.teacher``:
+    ``zss-toy-vit:synth-v1`` for v1, the same weights on every machine), ViT-B/16 (OpenAI weights)
+    otherwise."""
     if spec:
         return spec
-    from zss_bench.clip.shipped import reference_toy_spec
-
-    return reference_toy_spec() if protocol.dataset == "synth" else REAL_DEFAULT
+    return protocol.world["teacher"] if protocol.dataset == "synth" else REAL_DEFAULT
 
 
 def load_run_clip(spec: str, protocol: Protocol, device) -> LoadedClip:

@@ -69,10 +69,10 @@ def _attributes(classes) -> tuple[np.ndarray, np.ndarray] | None:
 def evaluate_dense_zero_shot(clip: LoadedClip, protocol_name: str = "synth-15-5", n_images: int = 200,
                              seed: int = 7, size: int | None = None, prompt_kind: str | None = None,
                              min_purity: float = 0.5, audit=None, batch_size: int = 50,
-                             surface: str = "flat") -> dict:
+                             surface: str | None = None) -> dict:
     """Per-patch zero-shot classification on ``n_images`` validation scenes of the synthetic world of
     ``seed`` (default 7, the dev world) at ``size`` px (default: CLIP's own input size), objects drawn
-    with ``surface`` (flat: v1).
+    with ``surface`` (default: the protocol's world; flat: v1).
 
     Returns, per readout (``dense``, ``value``), accuracies in percent over scored patches: ``overall``,
     ``seen``, ``unseen``, ``mean_class`` (mean of per-class accuracies) and ``in_image`` (share of patches
@@ -91,7 +91,7 @@ def evaluate_dense_zero_shot(clip: LoadedClip, protocol_name: str = "synth-15-5"
     teacher = ClipTeacher(clip).eval()
     size = int(size or teacher.image_size[0])
     patch = teacher.vit.patch_size[0]
-    images, masks, present = _scenes(proto, n_images, seed, size, surface)
+    images, masks, present = _scenes(proto, n_images, seed, size, surface or proto.world["surface"])
     text = F.normalize(class_text_embeddings(clip, proto.classes, proto.templates(prompt_kind), audit=audit), dim=-1)
     device = next(clip.model.parameters()).device
     preds = {r: [] for r in READOUTS}

@@ -56,9 +56,9 @@ def file_stem(run: LoadedRun) -> str:
 
 def record_protocol(run: LoadedRun):
     """The installed protocol a record was scored under (its classes, split and colours)."""
-    from zss_bench.protocol import ProtocolError, load_protocol
+    from zss_bench.protocol import ProtocolError, load_protocol, protocol_ref
 
-    name = run.record["protocol"]["name"]
+    name = protocol_ref(run.record["protocol"])
     try:
         return load_protocol(name)
     except (ProtocolError, LookupError, OSError) as exc:

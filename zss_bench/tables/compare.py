@@ -34,9 +34,9 @@ def compare_runs(a: LoadedRun, b: LoadedRun, *, convention: str | None = None, n
             f"({str(pa['hash'])[:12]}), {b.path} has {pb['name']} v{pb['version']} ({str(pb['hash'])[:12]})"
         )
     if seen_ids is None or unseen_ids is None:
-        from zss_bench.protocol import load_protocol
+        from zss_bench.protocol import load_protocol, protocol_ref
 
-        proto = load_protocol(pa["name"])
+        proto = load_protocol(protocol_ref(pa))
         if proto.content_hash != pa["hash"]:
             raise RecordError(
                 f"protocol {pa['name']} changed since these runs (record hash {str(pa['hash'])[:12]}, "

@@ -178,7 +178,7 @@ def reproduced_vs_reported(table: pd.DataFrame, runs: pd.DataFrame, entries: lis
         matched = _matches(row, entries)
         if not matched:
             continue
-        facts = _protocol_facts(row["protocol"])
+        facts = _protocol_facts(f"{row['protocol']}@{row['protocol_version']}")
         if facts is None or not facts[3].startswith(str(row["protocol_hash"])):
             note(f"reproduced − reported of {row['method']} [{row['config']}] left out: its runs were made with "
                  f"another definition of {row['protocol']} (hash {row['protocol_hash']}) than the installed one")

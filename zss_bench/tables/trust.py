@@ -70,10 +70,12 @@ class RecordChecker:
 
     @staticmethod
     def _find_protocol(block: dict):
-        from zss_bench.protocol import load_protocol
+        from zss_bench.protocol import load_protocol, protocol_ref
         from zss_bench.records.paths import expand_path
 
         candidates = [block.get("name")]
+        if isinstance(block.get("name"), str) and block.get("version") is not None:
+            candidates.insert(0, protocol_ref(block))
         if isinstance(block.get("file"), str):
             candidates.append(expand_path(block["file"]))
         for spec in candidates:
