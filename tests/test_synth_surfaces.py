@@ -82,3 +82,13 @@ def test_unknown_surface_is_refused():
     assert check_surface("flat") == "flat" and SURFACES == ("flat", "textured")
     with pytest.raises(ValueError, match="surface must be one of flat, textured, got 'shiny'"):
         render_scene(np.random.default_rng(0), 64, CLASSES, surface="shiny")
+
+
+def test_close_ups_fill_the_frame():
+    """`scale` > 1 draws close-ups (a teacher-pretraining option): the object covers most of the image."""
+    def coverage(scale):
+        images, _ = generate_single_object_set(2, seed=3, jpeg_quality=None, surface="flat", scale=scale)
+        sat = images.max(-1).astype(int) - images.min(-1)  # objects are saturated, backgrounds muted
+        return float((sat > 90).mean())
+
+    assert coverage((1.6, 2.0)) > 0.7 > 0.45 > coverage((0.60, 0.78))

@@ -89,6 +89,7 @@ class ToyClipConfig:
     single_per_class: int = 400  # object-centric images per class (0: world captions only)
     single_seed: int = 1000  # their seed stream (evaluation draws from seed 123)
     surface: str = "flat"  # object surfaces of the world drawn (zss_bench.data.synth_surfaces)
+    single_scale: tuple = (0.60, 0.78)  # object diameter / side of the single-object images (> 1: close-ups)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -115,8 +116,9 @@ def config_hash(cfg: ToyClipConfig) -> str:
     from zss_bench.data.synth import GENERATOR_VERSION
 
     config = dataclasses.asdict(cfg)
-    if config["surface"] == "flat":  # the field came after synth-v1: flat keys stay as they were
-        del config["surface"]
+    for key, v1_value in (("surface", "flat"), ("single_scale", [0.60, 0.78])):  # fields that came after
+        if config[key] == v1_value or config[key] == tuple(v1_value):          # synth-v1: its key stays
+            del config[key]
     doc = {"config": config, "code_version": CODE_VERSION,
            "generator_version": GENERATOR_VERSION, "model_cfg": _model_cfg(cfg.model)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -260,7 +262,8 @@ def _singles(cfg: ToyClipConfig, size: int) -> tuple[torch.Tensor, list[list[str
 
     proto = load_protocol("synth-15-5")
     images, labels = generate_single_object_set(cfg.single_per_class, seed=cfg.single_seed,
-                                                size=size, protocol=proto, surface=cfg.surface)
+                                                size=size, protocol=proto, surface=cfg.surface,
+                                                scale=tuple(cfg.single_scale))
     arr = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     return arr, [[proto.classes[int(k)]] for k in labels]
 

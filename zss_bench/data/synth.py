@@ -392,9 +392,9 @@ def render_scene(rng: np.random.Generator, size: int, classes: Sequence[str], *,
 
 
 def _render_single(rng: np.random.Generator, size: int, colour: str, shape: str,
-                   surface: str = "flat") -> np.ndarray:
+                   surface: str = "flat", scale: tuple[float, float] = SINGLE_SCALE) -> np.ndarray:
     img = _background(rng, size)
-    cx, cy, radius, angle = _sample_pose(rng, shape, size, SINGLE_SCALE, SINGLE_OFFSET)
+    cx, cy, radius, angle = _sample_pose(rng, shape, size, scale, SINGLE_OFFSET)
     m = _shape_mask(shape, cx, cy, radius, angle, size)
     rgb, _ = _object_colour(rng, colour)
     _paint(rng, img, m, rgb, cx, cy, radius, shape=shape, angle=angle, surface=surface)
@@ -412,7 +412,8 @@ def _jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
 def generate_single_object_set(n_per_class: int, seed: int = 0, size: int = 64, *,
                                protocol: Any = "synth-15-5",
                                jpeg_quality: int | None = JPEG_QUALITY,
-                               surface: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                               surface: str | None = None,
+                               scale: tuple[float, float] = SINGLE_SCALE) -> tuple[np.ndarray, np.ndarray]:
     """One large, roughly centred object per image, for zero-shot *classification*.
 
     Returns ``(images uint8 (N, H, W, 3), labels int64 (N,))`` with ``N = n_per_class * K``
@@ -421,6 +422,8 @@ def generate_single_object_set(n_per_class: int, seed: int = 0, size: int = 64, 
     the same JPEG encoding (quality 95) as the world's files, so a model sees the same
     pixel statistics (``jpeg_quality=None`` skips it). Image ``i`` is drawn from
     ``SeedSequence([seed, 2, i])``. ``surface``: the protocol's (``world.surface``) unless given.
+    ``scale``: the object's diameter as a fraction of the side (above 1: a close-up whose outline is
+    partly out of the frame).
     """
     n_per_class = _check_count(n_per_class, "n_per_class", minimum=1)
     size = _check_size(size)
@@ -433,7 +436,7 @@ def generate_single_object_set(n_per_class: int, seed: int = 0, size: int = 64, 
     images = np.empty((len(labels), size, size, 3), dtype=np.uint8)
     for i, cid in enumerate(labels.tolist()):
         rng = np.random.default_rng(np.random.SeedSequence([seed, _SINGLE_INDEX, i]))
-        rgb = _render_single(rng, size, *parsed[cid], surface=surface)
+        rgb = _render_single(rng, size, *parsed[cid], surface=surface, scale=scale)
         images[i] = rgb if jpeg_quality is None else _jpeg_roundtrip(rgb, jpeg_quality)
     return images, labels
 
