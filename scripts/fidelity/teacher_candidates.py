@@ -28,9 +28,6 @@ CANDIDATES = {
     # surface (stronger zoom-in crops show parts of objects, as web photos often do), or train longer
     "textured-zoom0.5": {"surface": "textured", "zoom": 0.5},
     "textured-long-3200": {"surface": "textured", "steps": 3200},
-    # a deeper image tower (8 blocks instead of 4; real CLIP ViT-B has 12): room for local features below the
-    # blocks that pool the image
-    "textured-deep8": {"surface": "textured", "model": "zss-toy-vit-deep"},
     # linear probes (probe_tokens.py) found no shape in the textured teacher's tokens at any depth: the outline
     # answers the caption, so nothing asks for texture features. Close-ups (object diameter up to 2x the side,
     # outline mostly out of frame), as web photos of one thing often are, make the surface the cue that answers.
