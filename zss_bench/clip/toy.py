@@ -384,7 +384,8 @@ def pretrain_toy_clip(*, steps: int | None = None, batch_size: int | None = None
             return ckpt, {**info, "checkpoint": str(ckpt)}  # the cache may have been moved
     t0 = time.perf_counter()
     state_dict, info = _train(cfg, progress)
-    meta = {"config": dataclasses.asdict(cfg), "config_hash": key, "code_version": CODE_VERSION}
+    config = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as info.json will read back (tuples -> lists)
+    meta = {"config": config, "config_hash": key, "code_version": CODE_VERSION}
     _save_checkpoint(ckpt, state_dict, meta)
     info = {**meta, **info, "state_dict_sha256": state_dict_sha256(state_dict),
             "checkpoint": str(ckpt), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
