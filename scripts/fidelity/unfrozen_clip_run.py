@@ -21,5 +21,5 @@ from pathlib import Path
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent / "unfrozen"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "zss_bench.cli", "run", *sys.argv[1:], "--label", "diag-unfrozen-clip"]
+    cmd = [sys.executable, "-m", "zss_bench.cli", "run", "--label", "diag-unfrozen-clip", *sys.argv[1:]]
     sys.exit(subprocess.call(cmd, env=env))
