@@ -79,8 +79,8 @@ def test_world_json_names_a_non_flat_surface(tmp_path):
 
 
 def test_unknown_surface_is_refused():
-    assert check_surface("flat") == "flat" and SURFACES == ("flat", "textured")
-    with pytest.raises(ValueError, match="surface must be one of flat, textured, got 'shiny'"):
+    assert check_surface("flat") == "flat" and SURFACES == ("flat", "textured", "coarse")
+    with pytest.raises(ValueError, match="surface must be one of flat, textured, coarse, got 'shiny'"):
         render_scene(np.random.default_rng(0), 64, CLASSES, surface="shiny")
 
 

@@ -54,7 +54,7 @@ _REQUIRED_KEYS = (
     "native_ids", "background", "evaluation", "prompts", "image_sets",
 )
 _OPTIONAL_KEYS = ("class_aliases", "training", "references", "world")
-WORLD_SURFACES = ("flat", "textured")  # = zss_bench.data.synth_surfaces.SURFACES (a test keeps them equal)
+WORLD_SURFACES = ("flat", "textured", "coarse")  # = zss_bench.data.synth_surfaces.SURFACES (a test keeps them equal)
 DEFAULT_WORLD = {"surface": "flat", "teacher": "zss-toy-vit:synth-v1"}  # synth-15-5 v1, before `world` existed
 
 

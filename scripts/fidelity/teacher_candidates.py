@@ -34,6 +34,8 @@ CANDIDATES = {
     "textured-closeup": {"surface": "textured", "single_scale": (0.6, 2.0)},
     # closeup passed every bar but shape (22.9 %): close-ups only, so the outline almost never answers
     "textured-closeup-only": {"surface": "textured", "single_scale": (1.2, 2.0)},
+    # the close-up recipe on a coarser, stronger pattern (period 8 px = one ViT patch, contrast 0.6)
+    "coarse-closeup": {"surface": "coarse", "single_scale": (0.6, 2.0)},
 }
 
 

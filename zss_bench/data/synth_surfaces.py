@@ -15,9 +15,10 @@ import math
 
 import numpy as np
 
-SURFACES: tuple[str, ...] = ("flat", "textured")
-TEXTURE_PERIOD = 4.0  # pattern period in pixels at 64 px (scaled with the image side)
-TEXTURE_CONTRAST = 0.35  # dark parts of a pattern keep 1 - this of the brightness (hue unchanged)
+SURFACES: tuple[str, ...] = ("flat", "textured", "coarse")
+# surface -> (pattern period in pixels at 64 px, scaled with the image side; contrast: dark parts of a pattern
+# keep 1 - this of the brightness, hue unchanged). "coarse": one period per 8-px ViT patch, stronger.
+SURFACE_PARAMS = {"textured": (4.0, 0.35), "coarse": (8.0, 0.6)}
 
 
 def _rings(u: np.ndarray, v: np.ndarray, p: float) -> np.ndarray:
@@ -60,7 +61,8 @@ def surface_gain(rng: np.random.Generator, surface: str, shape: str, xs: np.ndar
     """
     if surface == "flat":
         return None
-    period = TEXTURE_PERIOD * size / 64.0
+    base_period, contrast = SURFACE_PARAMS[surface]
+    period = base_period * size / 64.0
     phase = rng.uniform(0.0, period, size=2)
     turn = angle if angle else float(rng.uniform(0.0, 2 * math.pi))
     c, s = math.cos(turn), math.sin(turn)
@@ -68,4 +70,4 @@ def surface_gain(rng: np.random.Generator, surface: str, shape: str, xs: np.ndar
     u = dx * c + dy * s + phase[0]
     v = -dx * s + dy * c + phase[1]
     dark = PATTERNS[shape](u, v, period)
-    return 1.0 - TEXTURE_CONTRAST * dark.astype(np.float32)
+    return 1.0 - contrast * dark.astype(np.float32)
