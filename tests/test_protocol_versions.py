@@ -1,7 +1,6 @@
 """Versioned protocols (``name@version``) and the synthetic ``world`` block (issue #27: synth-15-5 v2)."""
 from __future__ import annotations
 
-
 import pytest
 import yaml
 
