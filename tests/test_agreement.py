@@ -242,3 +242,35 @@ def test_committed_repo_has_two_systems_in_common_and_says_so(capsys):
     out = capsys.readouterr().out
     assert ("Agreement with voc-15-5 (published, inductive; metric hIoU): fewer than 3 methods in common "
             "(n=2: zegclip, zegclip [cascade]); τ and ρ not computed") in out
+
+
+def test_two_definitions_of_a_protocol_get_a_section_each_never_mixed(synth_results, tmp_path, capsys):
+    """Records of synth-15-5 v1 and of a later version (another hash) are ranked apart, each against the registry."""
+    import shutil
+
+    import yaml
+
+    from zss_bench.protocol import load_protocol, protocols_dir
+
+    doc = yaml.safe_load((protocols_dir() / "synth-15-5.yaml").read_text())
+    doc.update(version=2, world={"surface": "textured", "teacher": "zss-toy-vit:synth-v1"})
+    v2_file = tmp_path / "synth-15-5@2.yaml"
+    v2_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    v2 = load_protocol(v2_file)
+    root = tmp_path / "results"
+    shutil.copytree(synth_results, root)
+    gts, n = world(), 50
+    for method, label, p_wrong in reversed(SYSTEMS):  # v2: the opposite order of quality
+        n += 1
+        cm = confusion(gts, predictions(gts, 0.9 - p_wrong, n))
+        write_run(root, record(f"20261205-0000{n:02d}-dddddd", method, 0, cm, label=label, protocol=v2), cm)
+    reg = _registry_swapped(tmp_path / "reg")
+    assert main(["leaderboard", "--results", str(root), "--protocol", "synth-15-5", "--vs", "none",
+                 "--reported", str(reg), "--agreement", "voc-15-5"]) == 0
+    out = capsys.readouterr().out
+    v1_head = f"### synth-15-5 v1 ({load_protocol('synth-15-5').short_hash}): rank agreement with published voc-15-5"
+    v2_head = f"### synth-15-5 v2 ({v2.short_hash}): rank agreement with published voc-15-5"
+    assert v1_head in out and v2_head in out
+    v1_part, v2_part = out[out.index(v1_head):out.index(v2_head)], out[out.index(v2_head):]
+    assert "n=4 methods in common" in v1_part and "n=4 methods in common" in v2_part  # nothing left out as duplicate
+    assert "τ-b = 0.67" in v1_part and "τ-b = 0.67" not in v2_part

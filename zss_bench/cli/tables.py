@@ -78,14 +78,13 @@ def cmd_leaderboard(args) -> int:
 
 
 def _agreement(args, table, protocol: str, published, fmt: str | None = None) -> str:
-    """The rank-agreement section of ``protocol``'s rows with ``--agreement``'s published rows ('' without it)."""
+    """The rank-agreement section(s) of ``protocol``'s rows with ``--agreement``'s published rows ('' without it)."""
     if not args.agreement:
         return ""
-    from zss_bench.tables.agreement import agreement, check_reference, render_agreement
+    from zss_bench.tables.agreement import agreement_sections, check_reference
 
-    result = agreement(table, check_reference(published, args.agreement), protocol, args.agreement,
-                       metric=args.agreement_metric)
-    return render_agreement(result, fmt or args.format)
+    return agreement_sections(table, check_reference(published, args.agreement), protocol, args.agreement,
+                              metric=args.agreement_metric, fmt=fmt or args.format)
 
 
 def _no_runs(protocol: str, fmt: str) -> str:

@@ -28,9 +28,9 @@ def _per_test_set(runs, draw: Callable) -> list[str]:
 
 
 def _agreement_html(table, entries, protocol: str, reference: str, metric: str) -> str:
-    from zss_bench.tables.agreement import agreement, render_agreement
+    from zss_bench.tables.agreement import agreement_sections
 
-    return render_agreement(agreement(table, entries, protocol, reference, metric=metric), "html")
+    return agreement_sections(table, entries, protocol, reference, metric=metric, fmt="html")
 
 
 def build_report(results_root: str | Path, out: str | Path, protocol: str | None = None, grids=(),

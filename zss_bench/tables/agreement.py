@@ -159,6 +159,18 @@ def agreement(table: pd.DataFrame, entries: list[ReportedEntry], protocol: str, 
     return result
 
 
+def agreement_sections(table: pd.DataFrame, entries: list[ReportedEntry], protocol: str, reference: str,
+                       metric: str = "h", fmt: str = "md") -> str:
+    """The rendered agreement of ``protocol``'s rows, one section per protocol definition (version, hash) with
+    rows: two versions' rows are never ranked together (a system in both would count as a duplicate)."""
+    groups = list(table.groupby(["protocol_version", "protocol_hash"], sort=True))
+    sections = []
+    for (version, phash), rows in groups:
+        title = protocol if len(groups) == 1 else f"{protocol} v{version} ({phash})"
+        sections.append(render_agreement(agreement(rows, entries, title, reference, metric=metric), fmt))
+    return "\n".join(sections)
+
+
 # --------------------------------------------------------------------------- rendering
 
 
