@@ -112,13 +112,19 @@ def _image_size(name: str) -> int:
     return int(size if isinstance(size, int) else size[0])
 
 
+# Fields added after synth-v1, at their v1 values: left out of the hash so every earlier key stays valid.
+_LATER_FIELDS = {"surface": "flat", "single_scale": [0.60, 0.78]}
+
+
+def config_doc(cfg: ToyClipConfig) -> dict:
+    """The config as JSON reads it back (tuples become lists): what info.json and the hash see."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
 def config_hash(cfg: ToyClipConfig) -> str:
     from zss_bench.data.synth import GENERATOR_VERSION
 
-    config = dataclasses.asdict(cfg)
-    for key, v1_value in (("surface", "flat"), ("single_scale", [0.60, 0.78])):  # fields that came after
-        if config[key] == v1_value or config[key] == tuple(v1_value):          # synth-v1: its key stays
-            del config[key]
+    config = {k: v for k, v in config_doc(cfg).items() if _LATER_FIELDS.get(k, object()) != v}
     doc = {"config": config, "code_version": CODE_VERSION,
            "generator_version": GENERATOR_VERSION, "model_cfg": _model_cfg(cfg.model)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -384,8 +390,7 @@ def pretrain_toy_clip(*, steps: int | None = None, batch_size: int | None = None
             return ckpt, {**info, "checkpoint": str(ckpt)}  # the cache may have been moved
     t0 = time.perf_counter()
     state_dict, info = _train(cfg, progress)
-    config = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as info.json will read back (tuples -> lists)
-    meta = {"config": config, "config_hash": key, "code_version": CODE_VERSION}
+    meta = {"config": config_doc(cfg), "config_hash": key, "code_version": CODE_VERSION}
     _save_checkpoint(ckpt, state_dict, meta)
     info = {**meta, **info, "state_dict_sha256": state_dict_sha256(state_dict),
             "checkpoint": str(ckpt), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
