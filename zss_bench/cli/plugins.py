@@ -116,11 +116,11 @@ def cmd_toy_export(args) -> int:
     dense = None
     if args.dense_images:
         from zss_bench.clip import load_clip
-        from zss_bench.clip.export import _info_of
+        from zss_bench.clip.export import checkpoint_info
         from zss_bench.clip.text_embeddings import TextEncoderAudit
         from zss_bench.modeling.dense_zero_shot import READOUTS, evaluate_dense_zero_shot
 
-        model = _info_of(Path(args.checkpoint).expanduser())["config"]["model"]
+        model = checkpoint_info(Path(args.checkpoint).expanduser())["config"]["model"]
         result = evaluate_dense_zero_shot(load_clip(f"{model}:{Path(args.checkpoint).expanduser()}"),
                                           protocol_name=args.protocol, n_images=args.dense_images,
                                           audit=TextEncoderAudit())

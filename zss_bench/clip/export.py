@@ -17,7 +17,8 @@ from zss_bench.clip.shipped import TAG_TABLE, WEIGHTS_DIR, ShippedWeightsError, 
 _TAG = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 
 
-def _info_of(checkpoint: Path) -> dict:
+def checkpoint_info(checkpoint: Path) -> dict:
+    """The info.json `toy-clip pretrain` wrote beside ``checkpoint`` (its recipe, time and accuracy)."""
     info_path = checkpoint.with_name("info.json")
     try:
         return json.loads(info_path.read_text(encoding="utf-8"))
@@ -44,7 +45,7 @@ def export_toy_clip(checkpoint: str | Path, tag: str, description: str, *, dense
         raise ShippedWeightsError(f"{checkpoint}: no such checkpoint")
     if not _TAG.match(tag):
         raise ShippedWeightsError(f"tag {tag!r}: expected lowercase letters, digits, '.' and '-' (e.g. synth-v2)")
-    info = _info_of(checkpoint)
+    info = checkpoint_info(checkpoint)
     model = info.get("config", {}).get("model")
     if not isinstance(model, str):
         raise ShippedWeightsError(f"{checkpoint.with_name('info.json')}: no config.model")
