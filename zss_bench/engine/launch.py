@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -185,12 +184,6 @@ def determinism_scope(enabled: bool):
 # --------------------------------------------------------------------------- launch
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class WorkerError(ValueError):
     """A user error (a refused request, a file that cannot be written) raised inside one of a run's gloo
     processes, brought back to the launching process as the same one line, not a spawn traceback."""
@@ -222,9 +215,12 @@ def _cpu_worker(local_rank, main_func, world_size, procs_per_machine, machine_ra
         if error_dir and _is_user_error(exc):  # the parent re-raises it as one line (WorkerError)
             message = " ".join(str(exc).split()) or type(exc).__name__
             Path(error_dir, f"rank{rank}.txt").write_text(message, encoding="utf-8")
+        dist.destroy_process_group()  # no barrier: the other ranks may never reach one
         raise
-    finally:
-        dist.destroy_process_group()
+    # Every rank tears the group down together: a rank that leaves while rank 0 still writes the
+    # record could otherwise abort (SIGABRT) on a connection its peer closed under it.
+    comm.synchronize()
+    dist.destroy_process_group()
 
 
 def _nccl_launch(main_func, procs: int, num_machines: int, machine_rank: int, dist_url: str, args: tuple):
@@ -249,11 +245,11 @@ def launch(main_func, num_gpus: int = 1, num_machines: int = 1, machine_rank: in
     world = procs * num_machines
     if world == 1:
         return main_func(*args)
-    if dist_url == "auto":
-        if num_machines != 1:
-            raise ValueError("--dist-url auto only works on one machine; pass tcp://HOST:PORT")
-        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    if dist_url == "auto" and num_machines != 1:
+        raise ValueError("--dist-url auto only works on one machine; pass tcp://HOST:PORT")
     with tempfile.TemporaryDirectory(prefix="zss-bench-workers-") as error_dir:
+        if dist_url == "auto":  # a file store: no rank hosts it, so no rank's exit can pull it from under another
+            dist_url = Path(error_dir, "store").as_uri()
         try:
             mp.start_processes(_cpu_worker, nprocs=procs,
                                args=(main_func, world, procs, machine_rank, dist_url, args, error_dir),
