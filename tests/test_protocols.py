@@ -21,7 +21,7 @@ from zss_bench.protocol import (
 )
 from zss_bench.registry import Registry, UnknownNameError, suggest
 
-SHIPPED = ["coco-stuff-156-15", "context-59-cascade", "context-59-zs3", "synth-15-5", "voc-15-5"]
+SHIPPED = ["coco-stuff-156-15", "context-59-cascade", "context-59-zs3", "synth-15-5", "synth-15-5@2", "voc-15-5"]
 
 VOC_UNSEEN = ("potted plant", "sheep", "sofa", "train", "tvmonitor")
 
@@ -63,8 +63,8 @@ def test_list_protocols_is_sorted_and_complete():
 def test_shipped_protocol_is_consistent(name):
     p = load_protocol(name)
     assert isinstance(p, Protocol)
-    assert p.name == name == p.path.stem
-    assert p.version >= 1
+    assert p.ref == name == p.path.stem and name.split("@")[0] == p.name
+    assert p.version == (int(name.split("@")[1]) if "@" in name else 1)
     assert p.num_classes == len(p.classes) == len(set(p.classes))
     seen, unseen = set(p.seen_ids), set(p.unseen_ids)
     assert seen | unseen == set(range(p.num_classes))
@@ -216,7 +216,7 @@ def test_to_dict_and_hash_are_consistent():
         canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
         assert hashlib.sha256(canonical.encode()).hexdigest() == p.content_hash
         assert p.short_hash == p.content_hash[:12] and len(p.content_hash) == 64
-        assert d["name"] == name and d["version"] == p.version
+        assert d["name"] == p.name == name.split("@")[0] and d["version"] == p.version
         assert d["native_ids"]["map"]["1" if name != "coco-stuff-156-15" else "0"] == 0
     hashes = {load_protocol(n).content_hash for n in SHIPPED}
     assert len(hashes) == len(SHIPPED)

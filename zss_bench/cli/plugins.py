@@ -113,21 +113,26 @@ def cmd_toy_eval(args) -> int:
 def cmd_toy_export(args) -> int:
     from zss_bench.clip.export import export_toy_clip
 
-    dense = None
-    if args.dense_images:
+    dense = zero_shot = None
+    if args.dense_images:  # measured on the protocol's own world, as `toy-clip eval` does
         from zss_bench.clip import load_clip
         from zss_bench.clip.export import checkpoint_info
         from zss_bench.clip.text_embeddings import TextEncoderAudit
+        from zss_bench.clip.toy import evaluate_toy_clip
         from zss_bench.modeling.dense_zero_shot import READOUTS, evaluate_dense_zero_shot
 
         model = checkpoint_info(Path(args.checkpoint).expanduser())["config"]["model"]
-        result = evaluate_dense_zero_shot(load_clip(f"{model}:{Path(args.checkpoint).expanduser()}"),
-                                          protocol_name=args.protocol, n_images=args.dense_images,
-                                          audit=TextEncoderAudit())
+        clip = load_clip(f"{model}:{Path(args.checkpoint).expanduser()}")
+        audit = TextEncoderAudit()
+        zero_shot = {kind: {k: v for k, v in evaluate_toy_clip(clip, protocol_name=args.protocol, prompt_kind=kind,
+                                                               audit=audit).items()
+                            if k not in ("per_class", "templates")}
+                     for kind in ("single", "ensemble")}
+        result = evaluate_dense_zero_shot(clip, protocol_name=args.protocol, n_images=args.dense_images, audit=audit)
         dense = {"protocol": args.protocol, **{k: result[k] for k in ("n_images", "world_seed", "size", "grid",
                                                                       "patches", "chance")},
                  **{r: result[r] for r in READOUTS}}
-    entry = export_toy_clip(args.checkpoint, args.tag, args.description, dense=dense)
+    entry = export_toy_clip(args.checkpoint, args.tag, args.description, dense=dense, zero_shot=zero_shot)
     print(f"shipped {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]}...) as tag "
           f"{args.tag}; load it with --clip {entry['recipe']['config']['model']}:{args.tag}")
     return 0

@@ -30,7 +30,7 @@ def checkpoint_info(checkpoint: Path) -> dict:
 
 
 def export_toy_clip(checkpoint: str | Path, tag: str, description: str, *, dense: dict | None = None,
-                    weights_dir: Path = WEIGHTS_DIR, table_path: Path = TAG_TABLE) -> dict:
+                    zero_shot: dict | None = None, weights_dir: Path = WEIGHTS_DIR, table_path: Path = TAG_TABLE) -> dict:
     """Copy ``checkpoint`` to ``weights_dir/<model>-<tag>.pt`` and add ``<model>:<tag>`` to the tag table.
 
     Returns the new entry. Refuses a tag that exists (rebinding would change the teacher behind records), a
@@ -70,7 +70,8 @@ def export_toy_clip(checkpoint: str | Path, tag: str, description: str, *, dense
         "made_on": {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
                     "train_time_s": info.get("train_time_s")},
-        "zero_shot": {"single": info.get("eval"), "ensemble": info.get("eval_ensemble")},
+        # measured now on the protocol's world (``zero_shot``), else what pretraining measured
+        "zero_shot": zero_shot or {"single": info.get("eval"), "ensemble": info.get("eval_ensemble")},
     }
     for block in entry["zero_shot"].values():
         if isinstance(block, dict):

@@ -458,6 +458,6 @@ def evaluate_toy_clip(clip: LoadedClip, protocol_name: str = "synth-15-5", n_per
         return round(100.0 * float(correct[mask].mean()), 2)
 
     return {"overall": round(100.0 * float(correct.mean()), 2), "seen": acc(seen), "unseen": acc(unseen),
-            "per_class": per_class, "n": int(len(labels)), "protocol": proto.name,
+            "per_class": per_class, "n": int(len(labels)), "protocol": proto.ref,
             "prompt_kind": prompt_kind or proto.prompts["default"], "templates": list(templates)}
 

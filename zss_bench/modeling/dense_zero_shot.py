@@ -105,7 +105,7 @@ def evaluate_dense_zero_shot(clip: LoadedClip, protocol_name: str = "synth-15-5"
     scored = labels >= 0
     seen, unseen = np.array(proto.seen_ids), np.array(proto.unseen_ids)
     k = len(proto.classes)
-    result = {"protocol": proto.name, "world_seed": seed, "n_images": n_images, "size": size,
+    result = {"protocol": proto.ref, "world_seed": seed, "n_images": n_images, "size": size,
               "grid": list(labels.shape[1:]), "patches": int(scored.sum()), "min_purity": min_purity,
               "chance": round(100.0 / k, 2), "prompt_kind": prompt_kind or proto.prompts["default"]}
     attrs = _attributes(proto.classes)
