@@ -10,7 +10,7 @@ SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py scripts/setup_env.sh scripts/install_detectron2.sh
+$(STAMP): pyproject.toml setup.py scripts/setup_env.sh scripts/install_detectron2.sh scripts/constraints.txt
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_env.sh
 	@touch $(STAMP)
 

@@ -70,11 +70,10 @@ def _install_missing_compiled_ops() -> bool:
     """Register the stand-in ``detectron2._C`` unless a real one exists. Returns True if real."""
     if "detectron2._C" in sys.modules:
         return not isinstance(sys.modules["detectron2._C"], _MissingCompiledOps)
-    if importlib.util.find_spec("detectron2") is None:
-        raise ImportError(
-            "detectron2 is not installed. Run `make setup` (or scripts/install_detectron2.sh "
-            "PYTHON) to install it."
-        )
+    if importlib.util.find_spec("detectron2") is None:  # one line naming the extra and detectron2's script
+        from zss_bench.extras import require
+
+        require("train", "torch", "detectron2", what="zss-bench's training and evaluation engine")
     if importlib.util.find_spec("detectron2._C") is not None:
         return True
     stub = _MissingCompiledOps("detectron2._C", "stand-in for detectron2's missing compiled ops")

@@ -6,6 +6,10 @@ Importing this package registers zss-bench's open_clip model configs (``zss-toy-
 """
 from __future__ import annotations
 
+from zss_bench.extras import require
+
+require("train", "torch", "open_clip", what="zss_bench.clip")
+
 from zss_bench.clip.loading import (
     ClipLoadError,
     LoadedClip,

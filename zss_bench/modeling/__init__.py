@@ -2,3 +2,6 @@
 
 Importing this package imports detectron2 (through ``zss_bench.detectron2_compat``).
 """
+from zss_bench.extras import require
+
+require("train", "torch", what="zss_bench.modeling")
