@@ -51,7 +51,9 @@ def cmd_run(args) -> int:
         rec = load_run(run_dir).record
         m = rec["metrics"]
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"{rec['method']['name']} [{rec['method']['label']}] on {rec['protocol']['name']} seed {args.seed}: "
+        from zss_bench.protocol import protocol_ref
+
+        print(f"{rec['method']['name']} [{rec['method']['label']}] on {protocol_ref(rec['protocol'])} seed {args.seed}: "
               f"S {fmt(m['mIoU_seen'])}  U {fmt(m['mIoU_unseen'])}  hIoU {fmt(m['hIoU'])}  mIoU {fmt(m['mIoU'])}  "
               f"pAcc {fmt(m['pAcc'])} ({m['convention']})")
         ci = m.get("ci") or {}
