@@ -271,6 +271,15 @@ def test_two_definitions_of_a_protocol_get_a_section_each_never_mixed(synth_resu
     v1_head = f"### synth-15-5 v1 ({load_protocol('synth-15-5').short_hash}): rank agreement with published voc-15-5"
     v2_head = f"### synth-15-5 v2 ({v2.short_hash}): rank agreement with published voc-15-5"
     assert v1_head in out and v2_head in out
-    v1_part, v2_part = out[out.index(v1_head):out.index(v2_head)], out[out.index(v2_head):]
+    assert out.index(v2_head) < out.index(v1_head)  # the newest definition first, as in the leaderboard
+    v2_part, v1_part = out[out.index(v2_head):out.index(v1_head)], out[out.index(v1_head):]
     assert "n=4 methods in common" in v1_part and "n=4 methods in common" in v2_part  # nothing left out as duplicate
     assert "τ-b = 0.67" in v1_part and "τ-b = 0.67" not in v2_part
+    capsys.readouterr()
+    assert main(["leaderboard", "--results", str(root), "--vs", "none", "--reported", "none"]) == 0
+    board = capsys.readouterr().out
+    assert board.index("### synth-15-5 (v2,") < board.index("### synth-15-5 (v1,")  # newest definition leads
+    assert main(["leaderboard", "--results", str(root), "--protocol", "synth-15-5@2", "--vs", "none",
+                 "--reported", "none"]) == 0
+    only_v2 = capsys.readouterr().out
+    assert "### synth-15-5 (v2," in only_v2 and "(v1," not in only_v2

@@ -35,6 +35,7 @@ def cmd_leaderboard(args) -> int:
 
         check_reference(published, args.agreement)  # before any work: one line, exit 2
     runs = collect_runs(args.results, protocol=args.protocol, convention=args.convention, on_skip=_warn)
+    name_only = args.protocol.partition("@")[0] if args.protocol else None  # --protocol NAME@VERSION: one version
     if args.config:
         from fnmatch import fnmatchcase
 
@@ -48,7 +49,7 @@ def cmd_leaderboard(args) -> int:
         text = render_leaderboard(table, fmt=args.format, convention=args.convention, reference=reference,
                                   n_boot=args.n_boot)
     else:  # per protocol: the harness's tables, then what was published under it (never averaged together)
-        protocols = [args.protocol] if args.protocol else sorted(set(table["protocol"]))  # asked for: even without runs
+        protocols = [name_only] if args.protocol else sorted(set(table["protocol"]))  # asked for: even without runs
         parts = []
         for name in protocols:
             sub = table[table["protocol"] == name]
@@ -68,7 +69,7 @@ def cmd_leaderboard(args) -> int:
         from zss_bench.records.failed import iter_notes
         from zss_bench.tables.leaderboard import render_failed
 
-        text += render_failed([note for _, note in iter_notes(args.results, args.protocol)], args.format)
+        text += render_failed([note for _, note in iter_notes(args.results, name_only)], args.format)
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out} ({len(runs)} runs)")

@@ -163,7 +163,10 @@ def agreement_sections(table: pd.DataFrame, entries: list[ReportedEntry], protoc
                        metric: str = "h", fmt: str = "md") -> str:
     """The rendered agreement of ``protocol``'s rows, one section per protocol definition (version, hash) with
     rows: two versions' rows are never ranked together (a system in both would count as a duplicate)."""
-    groups = list(table.groupby(["protocol_version", "protocol_hash"], sort=True))
+    from zss_bench.tables.leaderboard import newest_first_key
+
+    groups = sorted(table.groupby(["protocol_version", "protocol_hash"], sort=True),
+                    key=lambda g: newest_first_key(g[0][0]))  # the newest definition first, as the leaderboard
     sections = []
     for (version, phash), rows in groups:
         title = protocol if len(groups) == 1 else f"{protocol} v{version} ({phash})"

@@ -99,6 +99,20 @@ def collect_runs(results_root, protocol: str | None = None, convention: str | No
     return _one_run_per_seed(pd.DataFrame(rows, columns=columns), report)
 
 
+def protocol_matches(info: dict, wanted: str) -> bool:
+    """Whether a record's ``protocol`` block is ``wanted``: a name (every version) or ``name@version``."""
+    name, _, version = wanted.partition("@")
+    return info.get("name") == name and (not version or str(info.get("version")) == version)
+
+
+def newest_first_key(version) -> int:
+    """Sort key of a protocol version, newest first (a record without a version sorts as the oldest)."""
+    try:
+        return -int(version)
+    except (TypeError, ValueError):
+        return 0
+
+
 def checked_runs(results_root, protocol: str | None = None, convention: str | None = None,
                  on_skip: Callable[[str], None] | None = None) -> list[tuple[LoadedRun, dict]]:
     """Every run under ``results_root`` (of ``protocol``) whose record parses and agrees with its confusion
@@ -109,7 +123,7 @@ def checked_runs(results_root, protocol: str | None = None, convention: str | No
     out = []
     for run in iter_runs(results_root, on_skip=report):
         rec = run.record
-        if protocol is not None and rec["protocol"]["name"] != protocol:
+        if protocol is not None and not protocol_matches(rec["protocol"], protocol):
             continue
         try:
             conv, block = checker.check(run, convention)
@@ -240,7 +254,9 @@ def render_leaderboard(table: pd.DataFrame, fmt: str = "md", convention: str | N
     if table.empty:
         return "<p>(no runs found)</p>\n" if fmt == "html" else "(no runs found)\n"
     parts = []
-    for (proto, version, phash), psub in table.groupby(["protocol", "protocol_version", "protocol_hash"], sort=True):
+    groups = table.groupby(["protocol", "protocol_version", "protocol_hash"], sort=True)
+    # a protocol's newest version first (the current definition leads; older ones stay listed below it)
+    for (proto, version, phash), psub in sorted(groups, key=lambda g: (g[0][0], newest_first_key(g[0][1]))):
         test_sets = sorted(set(psub["test_set"])) if "test_set" in psub else []
         for test_set in test_sets or [None]:
             sub = psub if test_set is None else psub[psub["test_set"] == test_set]
