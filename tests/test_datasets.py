@@ -278,8 +278,7 @@ def test_zss_evaluator_is_a_drop_in_detectron2_evaluator(voc_root, tmp_path):
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
 
-    from zss_bench.data.d2_datasets import register_protocol
-    from zss_bench.engine.evaluator import ZSSEvaluator
+    from zss_bench.integrations.detectron2 import ZSSEvaluator, register_protocol  # the README's recipe
     from zss_bench.records import load_run
 
     protocol = load_protocol("voc-15-5")

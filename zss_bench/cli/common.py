@@ -2,13 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
-
-
-def _config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from zss_bench.cli.common import _at_least, _config_hash
+from zss_bench.cli.common import _at_least
 
 
 def cmd_evaluate(args) -> int:
     from zss_bench.evaluation import evaluate_directories, score
     from zss_bench.protocol import load_protocol
-    from zss_bench.records import collect_provenance, write_run
+    from zss_bench.records import write_run
+    from zss_bench.records.imported import imported_record
     from zss_bench.records.paths import portable_path
 
     started = time.time()
@@ -32,25 +32,16 @@ def cmd_evaluate(args) -> int:
               f"{expected} in its '{protocol.eval_split}' split (a subset is not comparable to published numbers)",
               file=sys.stderr)
     if args.out:
-        config = {"source": "prediction-pngs", "label": args.label}
-        record = {
-            "kind": "evaluate",
-            "protocol": {"name": protocol.name, "version": protocol.version, "hash": protocol.content_hash},
-            "method": {"name": args.method, "label": args.label, "config": config,
-                       "config_hash": _config_hash(config)},
-            "inputs": {"pred_dir": str(result.pred_dir.resolve()), "gt_dir": str(result.gt_dir.resolve()),
-                       "image_list": str(Path(args.image_list).resolve()) if args.image_list else None,
-                       "n_images": len(result.image_ids), "missing_predictions": result.missing,
-                       "extra_predictions": len(result.extra)},
-            "dataset": {"gt_dir": portable_path(result.gt_dir.resolve()),
-                        "image_list": portable_path(Path(args.image_list).resolve()) if args.image_list else None,
-                        "test_set": result.test_set},
-            "metrics": metrics,
-            "provenance": collect_provenance(
-                seed=args.seed, bootstrap={"n_boot": args.n_boot, "seed": args.seed},
-                started=datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-                duration_s=round(time.time() - started, 3)),
-        }
+        record = imported_record(
+            protocol, method=args.method, label=args.label, source="prediction-pngs", seed=args.seed,
+            n_boot=args.n_boot, started=started, metrics=metrics,
+            inputs={"pred_dir": str(result.pred_dir.resolve()), "gt_dir": str(result.gt_dir.resolve()),
+                    "image_list": str(Path(args.image_list).resolve()) if args.image_list else None,
+                    "n_images": len(result.image_ids), "missing_predictions": result.missing,
+                    "extra_predictions": len(result.extra)},
+            dataset={"gt_dir": portable_path(result.gt_dir.resolve()),
+                     "image_list": portable_path(Path(args.image_list).resolve()) if args.image_list else None,
+                     "test_set": result.test_set})
         run_dir = write_run(args.out, record, result.cm)
         metrics = {**metrics, "run_dir": str(run_dir)}
     if args.json:

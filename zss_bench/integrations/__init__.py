@@ -9,6 +9,8 @@ needs any of them:
   hIoU, both conventions and bootstrap intervals from what ``dataset.pre_eval`` returns; needs no
   framework at all (numpy only), and is re-exported by ``zss_bench.integrations.mmseg``.
 
-The detectron2 bridge (a ``DatasetEvaluator``) is :class:`zss_bench.engine.evaluator.ZSSEvaluator`.
-See docs/mmseg.md for the recipes.
+* :mod:`zss_bench.integrations.detectron2`: ``ZSSEvaluator`` (a ``DatasetEvaluator``) and
+  ``register_protocol``, re-exported from the engine that trains with them; needs detectron2.
+
+Recipes: the README's "Use it from your own code" and docs/mmseg.md.
 """

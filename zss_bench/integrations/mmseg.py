@@ -38,7 +38,6 @@ except ModuleNotFoundError as exc:
 
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -222,31 +221,16 @@ class ZSSIoUMetric(BaseMetric):
         """A run record as ``zss-bench evaluate --out`` writes one (kind ``evaluate``: imported predictions)."""
         import mmengine
 
-        from zss_bench.cli.common import _config_hash
-        from zss_bench.records import collect_provenance, write_run
-        from zss_bench.records.paths import portable_path
+        from zss_bench.records import write_run
+        from zss_bench.records.imported import imported_record
 
-        proto = self.split.protocol
-        started = self._started or time.time()
-        config = {"source": "mmengine-metric", "label": self.label}
-        block = {"name": proto.name, "version": proto.version, "hash": proto.content_hash}
-        if proto.path is not None:  # a user's YAML: the checker finds the definition by it
-            block["file"] = portable_path(str(proto.path))
-        record = {
-            "kind": "evaluate",
-            "protocol": block,
-            "method": {"name": self.method, "label": self.label, "config": config,
-                       "config_hash": _config_hash(config)},
-            "inputs": {"source": "zss_bench.integrations.mmseg.ZSSIoUMetric", "mmengine": mmengine.__version__,
-                       "n_images": cm.num_images, "ignore_index": self.ignore_index,
-                       "dataset_classes": list((self.dataset_meta or {}).get("classes") or []) or None},
-            "dataset": {"test_set": test_set},
-            "metrics": metrics,
-            "provenance": collect_provenance(
-                seed=self.seed, bootstrap={"n_boot": self.n_boot, "seed": 0 if self.seed is None else self.seed},
-                started=datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-                duration_s=round(time.time() - started, 3)),
-        }
+        record = imported_record(
+            self.split.protocol, method=self.method, label=self.label, source="mmengine-metric", seed=self.seed,
+            n_boot=self.n_boot, started=self._started or time.time(), metrics=metrics,
+            inputs={"source": "zss_bench.integrations.mmseg.ZSSIoUMetric", "mmengine": mmengine.__version__,
+                    "n_images": cm.num_images, "ignore_index": self.ignore_index,
+                    "dataset_classes": list((self.dataset_meta or {}).get("classes") or []) or None},
+            dataset={"test_set": test_set})
         self._started = None
         return write_run(self.results_dir, record, cm)
 
