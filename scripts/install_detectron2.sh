@@ -53,5 +53,8 @@ src="$work/pb1-detectron2-$D2_VERSION"
 sed -i 's/ext_modules=get_extensions(),/ext_modules=[],/' "$src/setup.py"
 grep -q 'ext_modules=\[\],' "$src/setup.py" || { echo "could not patch $src/setup.py" >&2; exit 1; }
 echo "installing detectron2 $D2_VERSION (pure Python, no _C extension)"
+# --no-build-isolation builds with this environment's setuptools: before 70.1 it needs the wheel package
+"$PY" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 71)' 2>/dev/null \
+    || "$PY" -c 'import wheel' 2>/dev/null || "$PY" -m pip install --quiet wheel
 "$PY" -m pip install --quiet --no-build-isolation "$src"
 have_d2
