@@ -124,7 +124,7 @@ def test_native_id_predictions_get_a_contiguous_id_hint(voc_folders, capsys):
     save_gray_png(voc_folders["pred_dir"] / f"{stem}.png", native_like)
     rc, out, err = _evaluate(capsys, voc_folders["gt_dir"], voc_folders["pred_dir"])
     assert rc == 2 and f"{stem}.png" in err and "invalid class ids [20]" in err
-    assert "contiguous ids 0..19 in the protocol's class order" in err and "not the dataset's native ids" in err
+    assert "contiguous ids 0..19 in the protocol's class order" in err and "need --pred-ids native" in err
 
 
 def test_allow_missing_scores_missing_images_as_all_wrong(voc_folders, capsys):
@@ -171,3 +171,33 @@ def test_unknown_protocol_suggests(voc_folders, capsys):
     rc, out, err = run_cli(capsys, "evaluate", "--protocol", "voc-15-6", "--pred-dir", str(voc_folders["pred_dir"]),
                            "--gt-dir", str(voc_folders["gt_dir"]))
     assert rc == 2 and "voc-15-5" in err
+
+
+@pytest.mark.parametrize("protocol", ["voc-15-5", "coco-stuff-156-15"])
+def test_native_id_predictions_score_like_contiguous_ones(tmp_path, capsys, protocol):
+    """mmseg's format_only writes the dataset's own ids (VOC with reduce_zero_label: ids + 1; COCO-Stuff-171 its
+    182-id space): --pred-ids native maps them like the ground truth, to the same numbers as contiguous ids."""
+    from conftest import save_gray_png
+
+    from zss_bench.protocol import load_protocol
+
+    proto = load_protocol(protocol)
+    lut = proto.native_lut()
+    native_of = {int(c): int(n) for n, c in enumerate(lut) if 0 <= c < proto.num_classes}  # contiguous -> native
+    rng = np.random.default_rng(3)
+    dirs = {k: tmp_path / k for k in ("gt", "contiguous", "native")}
+    for i in range(6):
+        gt = rng.integers(0, proto.num_classes, size=(24, 32))
+        pred = np.where(rng.random(gt.shape) < 0.3, rng.integers(0, proto.num_classes, size=gt.shape), gt)
+        to_native = np.vectorize(native_of.get)
+        save_gray_png(dirs["gt"] / f"{i:04d}.png", to_native(gt).astype(np.uint8))
+        save_gray_png(dirs["contiguous"] / f"{i:04d}.png", pred.astype(np.uint8))
+        save_gray_png(dirs["native"] / f"{i:04d}.png", to_native(pred).astype(np.uint8))
+    common = ["evaluate", "--protocol", protocol, "--gt-dir", str(dirs["gt"]), "--json", "--n-boot", "20"]
+    contiguous = run_cli_json(capsys, *common, "--pred-dir", str(dirs["contiguous"]))
+    native = run_cli_json(capsys, *common, "--pred-dir", str(dirs["native"]), "--pred-ids", "native")
+    assert native["hIoU"] == contiguous["hIoU"] and native["per_class"] == contiguous["per_class"]
+    assert native["n_images"] == 6 and contiguous["hIoU"] is not None
+    if protocol == "voc-15-5":  # ids + 1 read as contiguous ids: refused (the id 20), with the hint
+        rc, _, err = run_cli(capsys, *common, "--pred-dir", str(dirs["native"]))
+        assert rc == 2 and "--pred-ids native" in err

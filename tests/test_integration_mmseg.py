@@ -404,7 +404,7 @@ def test_png_path_of_mmseg0_predictions_for_voc(tmp_path, capsys):
     (0 = background, 255 = void): `zss-bench evaluate --protocol voc-15-5` scores them as they are (contiguous
     ids are what it reads; no option needed) and agrees with summarize of mmseg's own pre_eval counts. mmseg
     1.x's IoUMetric(format_only=True) writes those ids + 1 under reduce_zero_label (native VOC ids): evaluate
-    refuses an id 20 and the hint names the cause."""
+    refuses an id 20 with the hint, and `--pred-ids native` scores them as the contiguous ones."""
     from zss_bench.integrations.mmseg0 import summarize
 
     rng = np.random.default_rng(11)
@@ -433,4 +433,9 @@ def test_png_path_of_mmseg0_predictions_for_voc(tmp_path, capsys):
         save_gray_png(tmp_path / "pred" / f"2008_{i:06d}.png", pred + 1)
     rc, _, err = run_cli(capsys, "evaluate", "--protocol", "voc-15-5", "--pred-dir", str(tmp_path / "pred"),
                          "--gt-dir", str(tmp_path / "SegmentationClass"), "--json", "--n-boot", "0")
-    assert rc != 0 and "invalid class ids [20]" in err and "not the dataset's native ids" in err
+    assert rc != 0 and "invalid class ids [20]" in err and "--pred-ids native" in err
+    native = run_cli_json(capsys, "evaluate", "--protocol", "voc-15-5", "--pred-dir", str(tmp_path / "pred"),
+                          "--gt-dir", str(tmp_path / "SegmentationClass"), "--json", "--n-boot", str(N_BOOT),
+                          "--pred-ids", "native")  # what that writer needs: the same numbers as contiguous ids
+    for key in (*KEYS, "pAcc"):
+        assert native[key] == pytest.approx(out[key], abs=1e-9), key

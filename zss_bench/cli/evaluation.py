@@ -23,7 +23,8 @@ def cmd_evaluate(args) -> int:
 
         check_writable_dir(args.out, "--out")  # before scoring: a read-only --out is one line at second 0
     result = evaluate_directories(protocol, args.pred_dir, args.gt_dir, allow_missing=args.allow_missing,
-                                  image_list=args.image_list, progress=not args.json and not args.quiet)
+                                  image_list=args.image_list, progress=not args.json and not args.quiet,
+                                  pred_ids=args.pred_ids)
     metrics = score(result.cm, protocol, n_boot=args.n_boot, seed=args.seed)
     _input_notes(result)
     expected = protocol.image_sets.get(protocol.eval_split, {}).get("count")
@@ -37,6 +38,7 @@ def cmd_evaluate(args) -> int:
             n_boot=args.n_boot, started=started, metrics=metrics,
             inputs={"pred_dir": str(result.pred_dir.resolve()), "gt_dir": str(result.gt_dir.resolve()),
                     "image_list": str(Path(args.image_list).resolve()) if args.image_list else None,
+                    "pred_ids": args.pred_ids,
                     "n_images": len(result.image_ids), "missing_predictions": result.missing,
                     "extra_predictions": len(result.extra)},
             dataset={"gt_dir": portable_path(result.gt_dir.resolve()),
@@ -97,6 +99,10 @@ def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a folder of prediction PNGs against native annotations")
     p.add_argument("--protocol", required=True, help="protocol name (see `zss-bench protocols`) or a .yaml path")
     p.add_argument("--pred-dir", required=True, help="prediction PNGs: contiguous ids, 255 = no prediction")
+    p.add_argument("--pred-ids", choices=["contiguous", "native"], default="contiguous",
+                   help="ids in the prediction PNGs: contiguous (the protocol's class ids; default) or native (the "
+                        "dataset's own ids, mapped like the ground truth: what mmseg's format_only writes, e.g. VOC "
+                        "with reduce_zero_label = ids + 1, COCO-Stuff's 182-id space)")
     p.add_argument("--gt-dir", required=True, help="the dataset's native annotation PNGs (palette PNGs read as indices)")
     p.add_argument("--image-list", metavar="FILE", help="only score the stems listed in FILE (e.g. ImageSets/Segmentation/val.txt)")
     p.add_argument("--allow-missing", action="store_true", help="score images without a prediction as all-wrong")

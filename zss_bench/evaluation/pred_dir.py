@@ -66,6 +66,9 @@ def _stems(stems: list[str]) -> str:
     return shown + (f", ... ({len(stems)} in all)" if len(stems) > _SHOW_STEMS else "")
 
 
+PRED_IDS = ("contiguous", "native")
+
+
 def evaluate_directories(
     protocol: Protocol,
     pred_dir: str | Path,
@@ -75,6 +78,7 @@ def evaluate_directories(
     image_list: str | Path | None = None,
     progress: bool = True,
     workers: int = 4,
+    pred_ids: str = "contiguous",
 ) -> DirectoryEvaluation:
     """Accumulate one confusion matrix over every ground-truth image in ``gt_dir``.
 
@@ -84,7 +88,14 @@ def evaluate_directories(
     scoring to the listed stems, so ``--gt-dir`` can be a folder holding several splits.
     Errors name the offending file. The result carries the scored ground truth's fingerprint
     (``test_set``), so records of different test sets are never compared as if they were one.
+
+    ``pred_ids``: ``"contiguous"`` (the protocol's class ids, 255 = no prediction) or ``"native"`` (the
+    dataset's own ids, as mmseg's ``format_only`` writes them: VOC with ``reduce_zero_label`` gives ids + 1,
+    COCO-Stuff its 182-id space), mapped through the protocol's native-id table like the ground truth; a native
+    id the protocol ignores (VOC's background) counts as no prediction.
     """
+    if pred_ids not in PRED_IDS:
+        raise EvaluationInputError(f"pred_ids {pred_ids!r}: expected one of {', '.join(PRED_IDS)}")
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     all_gts = gts = _pngs(gt_dir, "ground-truth")
     if image_list is not None:
@@ -113,6 +124,8 @@ def evaluate_directories(
         digests[stem] = gt_digest(gt)  # hashed in the reading threads: the fingerprint costs no extra pass
         if stem in preds:
             pred = read_label_png(preds[stem])
+            if pred_ids == "native":
+                pred = to_contiguous(pred, lut, preds[stem], what="prediction")
             if pred.shape != gt.shape:
                 raise EvaluationInputError(
                     f"{preds[stem]}: prediction size {pred.shape[1]}x{pred.shape[0]} (WxH) differs from "
@@ -131,8 +144,8 @@ def evaluate_directories(
             hint = ""
             if str(exc).startswith("pred"):
                 hint = (f" (predictions hold contiguous ids 0..{protocol.num_classes - 1} in the protocol's class "
-                        f"order, {protocol.ignore_label} = no prediction; not the dataset's native ids: "
-                        "map them with the protocol's native_ids table)")
+                        f"order, {protocol.ignore_label} = no prediction; predictions in the dataset's native ids "
+                        "need --pred-ids native)")
             raise EvaluationInputError(f"{where}: {exc}{hint}") from None
     return DirectoryEvaluation(protocol, cm, pred_dir, gt_dir, stems, missing, extra, unlisted,
                                fingerprint_block(digests))
