@@ -1,7 +1,7 @@
 """Which half of a synth class name do a method's pixels get right? (protocols/synth/FIDELITY.md)
 
-Usage: python scripts/fidelity/attribute_errors.py RESULTS_ROOT [PROTOCOL]
-For every run under RESULTS_ROOT/runs/PROTOCOL/<method>/<run>/ (its confusion.npz), grouped by method and
+Usage: python scripts/fidelity/attribute_errors.py RESULTS_ROOT [PROTOCOL]   (PROTOCOL: a name, or name@version)
+For every run under RESULTS_ROOT/runs/<name>/<method>/<run>/ of that protocol (and version) (its confusion.npz), grouped by method and
 config label and averaged over runs: IoU of blue triangle (the compositional unseen class), mean IoU of the
 four unseen stars, and the share of unseen / seen ground-truth pixels whose predicted class has the right
 colour and the right shape. Chance for a uniform guess over the 20 classes: colour 25 % (5 classes share one), shape 20 % (4 share one).
@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from zss_bench.protocol import load_protocol
+from zss_bench.tables.leaderboard import protocol_matches
 
 
 def attribute_row(matrix: np.ndarray, proto) -> list[float]:
@@ -36,8 +37,10 @@ def attribute_row(matrix: np.ndarray, proto) -> list[float]:
 def main(root: str, protocol: str = "synth-15-5") -> None:
     proto = load_protocol(protocol)
     rows: dict[tuple[str, str], list[list[float]]] = {}
-    for path in sorted(glob.glob(f"{root}/runs/{protocol}/*/*/confusion.npz")):
+    for path in sorted(glob.glob(f"{root}/runs/{proto.name}/*/*/confusion.npz")):
         record = json.load(open(path.replace("confusion.npz", "record.json"), encoding="utf-8"))
+        if not protocol_matches(record["protocol"], protocol):
+            continue
         key = (record["method"]["name"], record["method"].get("label") or "default")
         rows.setdefault(key, []).append(attribute_row(np.load(path)["matrix"].astype(float), proto))
     print("| method | config | runs | IoU blue triangle | IoU stars | unseen px: colour ok | unseen px: shape ok "
