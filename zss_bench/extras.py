@@ -17,7 +17,7 @@ EXTRA_OF = {
 TRAIN = ("train", ("torch", "torchvision", "open_clip", "detectron2"))
 
 # verb -> (extra, modules) checked before the verb starts, so it fails in one line and not halfway through
-# (grid/ablate: only when they run cells here; a Slurm submission needs submitit, the cluster needs the rest)
+# (grid and ablate: see verb_needs)
 VERB_NEEDS = {
     "run": TRAIN, "demo": TRAIN, "reproduce": TRAIN, "toy-clip": ("train", ("torch", "open_clip")),
     "plot": ("report", ("matplotlib",)), "report": ("report", ("matplotlib",)),

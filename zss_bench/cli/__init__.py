@@ -12,7 +12,7 @@ from zss_bench.cli.plugins import add_methods_demo, add_toy_clip
 from zss_bench.cli.reported import add_reported
 from zss_bench.cli.runs import add_run, add_sweeps
 from zss_bench.cli.tables import add_tables
-from zss_bench.extras import MissingExtraError, require, verb_needs
+from zss_bench.extras import require, verb_needs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,13 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         for extra, modules in verb_needs(args):
             require(extra, *modules, what=f"zss-bench {args.command}")
         return args.func(args)
-    except MissingExtraError as exc:
-        print(exc, file=sys.stderr)
-        return 2
     except _user_errors() as exc:
         print(f"zss-bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except ImportError as exc:  # a module of an extra this install lacks: one line naming the extra
+    except ImportError as exc:  # a module of an extra this install lacks (or MissingExtraError): one line
         from zss_bench.extras import install_hint
 
         hint = install_hint(f"zss-bench {args.command}", exc)
