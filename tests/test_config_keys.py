@@ -121,10 +121,8 @@ def test_refused_keys_stay_in_the_config_so_hashes_do_not_move():
 # --- overrides ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("key, value, why", [
-    ("CUDNN_BENCHMARK", "True",
-     "CUDNN_BENCHMARK is not used by zss-bench run; detectron2 applies it in default_setup()"),
-    ("SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.ENABLED is not used by zss-bench run; training always runs "
-                                   "detectron2's SimpleTrainer in fp32"),
+    ("SOLVER.REFERENCE_WORLD_SIZE", "8",
+     "SOLVER.REFERENCE_WORLD_SIZE is not used by zss-bench run; ZSSTrainer never rescales the batch or LR"),
     ("MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.ROI_HEADS.NUM_CLASSES is not used by zss-bench run; zss-bench models "
                                          "are semantic segmentors"),
     ("SOLVER.GRAD_CLIP", "1.0", "SOLVER.GRAD_CLIP is not used by zss-bench run; gradient clipping is detectron2's, "
@@ -152,9 +150,9 @@ def test_a_refused_override_is_one_line_in_both_checks(key, value, why):
 def test_a_refused_key_is_never_the_did_you_mean_suggestion():
     from zss_bench.engine.config import ConfigOverrideError
 
-    with pytest.raises(ConfigOverrideError, match="unknown config key CUDNN_BENCHMARKS") as info:
-        _cfg(["CUDNN_BENCHMARKS", "True"])
-    assert "did you mean CUDNN_BENCHMARK" not in str(info.value)
+    with pytest.raises(ConfigOverrideError, match="unknown config key VIS_PERIODS") as info:
+        _cfg(["VIS_PERIODS", "5"])
+    assert "did you mean VIS_PERIOD" not in str(info.value)
 
 
 @pytest.mark.parametrize("opts, message", [
@@ -239,9 +237,9 @@ def test_a_method_config_file_setting_a_refused_key_is_refused_naming_the_file(t
 
     mine = tmp_path / "mine.yaml"
     base = REPO / "methods" / "_base" / "body-synth.yaml"
-    mine.write_text(f"_BASE_: {base}\nMODEL:\n  META_ARCHITECTURE: SeenOnlySeg\nSOLVER:\n  AMP:\n    ENABLED: True\n")
-    expected = (f"method config {mine.resolve()}: SOLVER.AMP.ENABLED is not used by zss-bench run; training always "
-                "runs detectron2's SimpleTrainer in fp32")
+    mine.write_text(f"_BASE_: {base}\nMODEL:\n  META_ARCHITECTURE: SeenOnlySeg\nTEST:\n  EVAL_PERIOD: 100\n")
+    expected = (f"method config {mine.resolve()}: TEST.EVAL_PERIOD is not used by zss-bench run; the run evaluates "
+                "once")
     with pytest.raises(ConfigOverrideError) as real:
         _cfg(config_file=str(mine))
     assert str(real.value).startswith(expected) and "\n" not in str(real.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from zss_bench.engine.labels import HASHED_UNLESS_DEFAULT as _HASHED_UNLESS_DEFAULT
 from zss_bench.engine.labels import NOT_HASHED as _NOT_HASHED  # keys outside the config hash (see there)
 from zss_bench.engine.labels import overrides_label
 
@@ -61,12 +62,16 @@ def add_zss_config(cfg) -> None:
     cfg.ZSS.EVAL.MODE = "whole"  # whole | slide
     cfg.ZSS.EVAL.SLIDE_CROP = 512
     cfg.ZSS.EVAL.SLIDE_STRIDE = 426
+    cfg.ZSS.EVAL.AMP = False  # evaluate under autocast to SOLVER.AMP.DTYPE (engine.precision)
+    cfg.SOLVER.AMP.DTYPE = "bfloat16"  # bfloat16 | float16 (with a grad scaler) when SOLVER.AMP.ENABLED
+    cfg.MODEL.CHANNELS_LAST = False  # NHWC convolution kernels and inputs (engine.precision)
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # SGD | ADAMW
     # Never read: setting it is refused (engine.unused_keys points to SOLVER.CLIP_GRADIENTS.*, which the
     # optimizer applies). The key stays, at 0.0, because removing it would change every config hash.
     cfg.SOLVER.GRAD_CLIP = 0.0
     declare_choices("ZSS.EVAL.MODE", ("whole", "slide"))
     declare_choices("SOLVER.OPTIMIZER", ("SGD", "ADAMW", "sgd", "adamw"))
+    declare_choices("SOLVER.AMP.DTYPE", ("bfloat16", "float16"))
     # detectron2 string keys whose other values would silently do nothing (a RANDOM_FLIP typo = no flip)
     # or fail only at the first training step
     declare_choices("INPUT.RANDOM_FLIP", ("none", "horizontal", "vertical"))
@@ -246,7 +251,9 @@ def config_dict(cfg) -> dict:
 def config_hash(cfg) -> str:
     """sha256 of the resolved config without seed / output folder / bookkeeping keys."""
     doc = config_dict(cfg)
-    for dotted in _NOT_HASHED:
+    flat = flat_keys(cfg)
+    dropped = [k for k, default in _HASHED_UNLESS_DEFAULT.items() if k in flat and flat[k] == default]
+    for dotted in (*_NOT_HASHED, *dropped):
         node = doc
         *parents, leaf = dotted.split(".")
         for p in parents:

@@ -13,6 +13,10 @@ NOT_HASHED = ("SEED", "OUTPUT_DIR", "ZSS.DATA_ROOT", "ZSS.LABEL", "SOLVER.CHECKP
               "MODEL.DEVICE", "ZSS.N_BOOT", "ZSS.PROGRESS", "MODEL.WEIGHTS", "ZSS.PROTOCOL_FILE", "ZSS.CONFIG_FILE",
               "ZSS.DETERMINISTIC")
 
+# Keys added after records were committed: at their default they are left out of the config hash, so every
+# earlier configuration keeps its hash (and its grid cells stay done); set to anything else, they are hashed.
+HASHED_UNLESS_DEFAULT = {"SOLVER.AMP.DTYPE": "bfloat16", "ZSS.EVAL.AMP": False, "MODEL.CHANNELS_LAST": False}
+
 
 def overrides_label(opts: list[str], skip: tuple[str, ...] = ()) -> str:
     """``LEAF=VALUE`` of each KEY VALUE override that names a configuration choice, comma-joined

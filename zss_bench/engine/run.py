@@ -278,6 +278,7 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         return
     from zss_bench.evaluation import score
     from zss_bench.records import collect_provenance, write_run
+    from zss_bench.engine.precision import precision_block
     from zss_bench.records.efficiency import efficiency_block
     from zss_bench.records.provenance import determinism_block
     from zss_bench.records.fingerprint import fingerprint_dataset
@@ -305,7 +306,8 @@ def _worker(req_dict: dict, root: str, output_dir: str) -> None:
         "dataset": {"root": portable_path(root), "train_images": _train_size(cfg),
                     "test_set": fingerprint_dataset(cfg.DATASETS.TEST[0], image_ids=cm.image_stats.ids)},
         "metrics": score(cm, protocol, n_boot=cfg.ZSS.N_BOOT, seed=cfg.SEED),
-        "efficiency": efficiency_block(model, evaluation, step_seconds, output_dir, cfg.MODEL.DEVICE),
+        "efficiency": {**efficiency_block(model, evaluation, step_seconds, output_dir, cfg.MODEL.DEVICE),
+                       "precision": precision_block(cfg, trained=trains)},
         "provenance": collect_provenance(seed=cfg.SEED, started=_iso(started), duration_s=round(time.time() - started, 1),
                                          world_size=comm.get_world_size(), device=cfg.MODEL.DEVICE,
                                          deterministic=determinism_block(cfg.ZSS.DETERMINISTIC, cfg.MODEL.DEVICE,
@@ -459,13 +461,18 @@ def _evaluate(cfg, model, protocol: Protocol, save_predictions: int = 0):
     from detectron2.data import build_detection_test_loader
     from detectron2.evaluation import inference_on_dataset
 
+    import torch
+
     from zss_bench.engine.evaluator import ZSSEvaluator
+    from zss_bench.engine.precision import evaluation_precision
     from zss_bench.records.efficiency import PeakMemory
 
     model.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
     evaluator = ZSSEvaluator(cfg.DATASETS.TEST[0], save_predictions=save_predictions)
     loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
-    with PeakMemory(cfg.MODEL.DEVICE) as peak:
+    # inference_mode (no autograd bookkeeping at all; set_eval_classes ran outside it, so nothing the model
+    # keeps becomes an inference tensor) and ZSS.EVAL.AMP's autocast around detectron2's loop
+    with PeakMemory(cfg.MODEL.DEVICE) as peak, torch.inference_mode(), evaluation_precision(cfg).autocast():
         started = time.perf_counter()
         inference_on_dataset(model, loader, evaluator)
         seconds = time.perf_counter() - started

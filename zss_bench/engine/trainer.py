@@ -1,7 +1,8 @@
 """detectron2's training loop, made CPU-friendly, resumable bit-for-bit and NaN-safe.
 
 ``ZSSTrainer`` is detectron2's ``DefaultTrainer`` (SimpleTrainer, hooks, periodic
-checkpointer, ETA printer, JSON metrics) with five changes: the seeded data stream of
+checkpointer, ETA printer, JSON metrics; under ``SOLVER.AMP.ENABLED`` the step runs in mixed precision,
+``engine.precision``) with five changes: the seeded data stream of
 ``engine.data`` (rebuilt at the resumed iteration), DDP without ``device_ids`` on CPU (gloo),
 a per-iteration, per-rank torch seed (so any randomness inside a model is reproducible across
 resumes and differs between ranks), ranks kept identical in a multi-process run (see below), and
@@ -32,7 +33,7 @@ from pathlib import Path
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.solver import build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -41,6 +42,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from zss_bench.engine.data import build_train_loader, build_train_mapper
+from zss_bench.engine.precision import apply_memory_format, build_step_trainer, configure_backends
 
 logger = logging.getLogger("zss_bench.trainer")
 
@@ -289,7 +291,7 @@ class ZSSTrainer(DefaultTrainer):
             # with their stated rules (see the module docstring) instead of discarding the other ranks'
             model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True,
                                             **_no_forward_buffer_broadcast())
-        self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)  # fp32: detectron2's SimpleTrainer
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -303,7 +305,8 @@ class ZSSTrainer(DefaultTrainer):
         it goes to ``OUTPUT_DIR/model.txt``; the log gets one line."""
         from detectron2.modeling import build_model
 
-        model = build_model(cfg)
+        configure_backends(cfg)
+        model = apply_memory_format(cfg, build_model(cfg))
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
             with open(os.path.join(cfg.OUTPUT_DIR, "model.txt"), "w", encoding="utf-8") as fh:

@@ -20,9 +20,6 @@ _TRAIN_DATA = ("training reads zss-bench's own seeded data stream (engine/data.p
 # KEY or KEY-prefix (a whole subtree) -> why nothing reads it. Message: "KEY is not used by zss-bench run; WHY".
 UNUSED: dict[str, str] = {
     # --- detectron2: engine / precision -----------------------------------------------------------
-    "CUDNN_BENCHMARK": "detectron2 applies it in default_setup(), which zss-bench never calls "
-                       "(cudnn.benchmark stays off)",
-    "SOLVER.AMP": "training always runs detectron2's SimpleTrainer in fp32 (mixed precision is not implemented yet)",
     "SOLVER.REFERENCE_WORLD_SIZE": "ZSSTrainer never rescales the batch or LR by world size "
                                    "(set SOLVER.IMS_PER_BATCH and SOLVER.BASE_LR for the total batch)",
     "VIS_PERIOD": "no training visualisations are written (`zss-bench plot` draws from records)",

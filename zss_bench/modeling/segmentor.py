@@ -45,6 +45,8 @@ class ZSSSegmentor(nn.Module):
         self.clip = None  # the run's LoadedClip (use_clip); not a submodule
         self._frozen_clip_prefixes: tuple[str, ...] = ()
         self.body_lr = 1.0  # a method's BODY_LR_MULTIPLIER: the learning rate of its ``body.`` parameters
+        # MODEL.CHANNELS_LAST (engine.precision): NHWC input for NHWC kernels (getattr: configs built before the key)
+        self.memory_format = torch.channels_last if getattr(cfg.MODEL, "CHANNELS_LAST", False) else torch.contiguous_format
 
     @property
     def device(self):
@@ -119,14 +121,15 @@ class ZSSSegmentor(nn.Module):
         images = [x["image"].to(self.device) for x in batched_inputs]
         images = [(x - self.pixel_mean) / self.pixel_std for x in images]
         images = ImageList.from_tensors(images, self.size_divisibility)
+        batch = images.tensor.contiguous(memory_format=self.memory_format)
         if self.training:
             targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
             targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor
             extra = {key: [x[key] for x in batched_inputs] for key in self.train_inputs}
-            return self.train_losses(images.tensor, targets.long(), **extra)
+            return self.train_losses(batch, targets.long(), **extra)
         if self.eval_class_names is None:
             raise RuntimeError("set_eval_classes() must be called before inference")
-        scores = self._infer(images.tensor)
+        scores = self._infer(batch)
         results = []
         for score, image_size, inp in zip(scores, images.image_sizes, batched_inputs):
             height, width = inp.get("height", image_size[0]), inp.get("width", image_size[1])
