@@ -43,54 +43,17 @@ import tempfile
 import time
 from pathlib import Path
 
-PROTOCOL = "voc-15-5"
-CLIP = "ViT-B-16:random"
+from zss_bench.engine.speed import CLIP, PROTOCOL, random_target, size_opts, windows_per_image, write_tiny_voc
+
 SYNTH = "synth-15-5"  # --protocol synth-15-5: the synth configuration (configs/synth.yaml, the shipped toy CLIP, 64 px)
 
 
-def write_tiny_voc(root: Path, size: int) -> Path:
-    """A VOC 2012 folder in the real layout (as tests/conftest.py ``make_voc_layout`` writes it):
-    2 train images (SegmentationClassAug, train_aug.txt) and 1 val image, each with seen classes."""
-    import numpy as np
-    from PIL import Image
-
-    base = root / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClassAug", "SegmentationClass", "ImageSets/Segmentation"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    stems = {"train": ["2007_000001", "2007_000002"], "val": ["2007_000003"]}
-    for split, names in stems.items():
-        for i, stem in enumerate(names):
-            native = np.zeros((size, size), np.uint8)
-            q = size // 4
-            native[q:2 * q, q:2 * q] = 1 + 2 * i          # seen (VOC ids 1..15)
-            native[2 * q:3 * q, 2 * q:3 * q] = 15          # person, seen
-            native[q - 1, :] = 255
-            if split == "val":
-                native[:q - 1, :q] = 17                     # sheep, unseen
-            img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(img, mode="RGB").save(base / "JPEGImages" / f"{stem}.jpg", quality=90)
-            folder = "SegmentationClassAug" if split == "train" else "SegmentationClass"
-            Image.fromarray(native, mode="P").save(base / folder / f"{stem}.png")
-    lists = base / "ImageSets" / "Segmentation"
-    (lists / "train_aug.txt").write_text("".join(f"{s}\n" for s in stems["train"]))
-    (lists / "val.txt").write_text("".join(f"{s}\n" for s in stems["val"]))
-    return root
-
-
 def _size_opts(size: int) -> list[str]:
-    if size == 512:
-        return []  # the real configuration as it is
-    return ["INPUT.CROP.SIZE", f"({size}, {size})", "ZSS.EVAL.SLIDE_CROP", str(size),
-            "ZSS.EVAL.SLIDE_STRIDE", str(max(1, size * 426 // 512))]
+    return size_opts(size)
 
 
 def _windows(cfg, size: int) -> int:
-    from zss_bench.modeling.inference import slide_windows
-
-    if cfg.ZSS.EVAL.MODE != "slide":
-        return 1
-    return len(slide_windows(size, size, cfg.ZSS.EVAL.SLIDE_CROP, cfg.ZSS.EVAL.SLIDE_STRIDE))
+    return windows_per_image(cfg, size, size)
 
 
 def _synth_world(root: Path, size: int) -> Path:
@@ -163,12 +126,7 @@ def measure(method: str, mode: str, *, size: int = 512, n: int = 2, warmup: int 
             num_seen, ignore = len(protocol.seen_ids), protocol.ignore_label
 
             def target():
-                cells = max(1, size // 32)
-                coarse = torch.randint(0, num_seen, (cells, cells), generator=gen)
-                t = coarse.repeat_interleave(size // cells, 0).repeat_interleave(size // cells, 1)
-                t = torch.nn.functional.pad(t, (0, size - t.shape[1], 0, size - t.shape[0]), value=ignore)
-                t[torch.rand((size, size), generator=gen) < 0.1] = ignore
-                return t.long()
+                return random_target(size, num_seen, ignore, gen)
 
             batch = [{"image": image(), "sem_seg": target()} for _ in range(cfg.SOLVER.IMS_PER_BATCH)]
             storage = EventStorage(0).__enter__()  # what a trainer provides (iteration, scalars)

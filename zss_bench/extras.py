@@ -19,7 +19,7 @@ TRAIN = ("train", ("torch", "torchvision", "open_clip", "detectron2"))
 # verb -> (extra, modules) checked before the verb starts, so it fails in one line and not halfway through
 # (grid and ablate: see verb_needs)
 VERB_NEEDS = {
-    "run": TRAIN, "demo": TRAIN, "reproduce": TRAIN, "toy-clip": ("train", ("torch", "open_clip")),
+    "run": TRAIN, "demo": TRAIN, "reproduce": TRAIN, "speed": TRAIN, "toy-clip": ("train", ("torch", "open_clip")),
     "plot": ("report", ("matplotlib",)), "report": ("report", ("matplotlib",)),
 }
 

@@ -1,5 +1,5 @@
 """The ``zss-bench`` command: a thin argparse front over the library, one module per verb family
-(``datasets``, ``evaluation``, ``tables``, ``reported``, ``runs``, ``plugins``); each adds its subparsers."""
+(``datasets``, ``evaluation``, ``tables``, ``reported``, ``runs``, ``plugins``, ``speed``); each adds its subparsers."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ from zss_bench.cli.evaluation import add_evaluate
 from zss_bench.cli.plugins import add_methods_demo, add_toy_clip
 from zss_bench.cli.reported import add_reported
 from zss_bench.cli.runs import add_run, add_sweeps
+from zss_bench.cli.speed import add_speed
 from zss_bench.cli.tables import add_tables
 from zss_bench.extras import require, verb_needs
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_toy_clip(sub)
     add_sweeps(sub)
     add_methods_demo(sub)
+    add_speed(sub)
     return parser
 
 
