@@ -4,7 +4,9 @@
 #      count (one line), CPU gloo processes on a GPU machine, two GPUs over NCCL (in-run evaluation ==
 #      --eval-only; skipped on one GPU, saying so), deterministic mode twice (identical);
 #   2. the real configuration's smoke test on CUDA: tests/test_real_config.py -k chimera with
-#      ZSS_TEST_DEVICE=cuda (R-101 DeepLab body, CLIP ViT-B/16 with random weights, 512 crops, one step).
+#      ZSS_TEST_DEVICE=cuda (R-101 DeepLab body, CLIP ViT-B/16 with random weights, 512 crops, one step);
+#   3. `zss-bench speed --device cuda --out results/speed/<gpu>.json`: every method's real configuration, fp32 and
+#      bf16 (train/eval img/s, peak memory, schedule hours).
 #
 # Usage: scripts/gpu_check.sh [PYTEST_ARGS...]   (Python: $PYTHON, else .venv/bin/python, else python3)
 # Exit status: pytest's (0 = all passed or skipped with a reason; -rs lists the reasons).
@@ -25,5 +27,11 @@ start=$SECONDS
 cuda_tests=$?
 ZSS_TEST_DEVICE=cuda "$PY" -m pytest tests/test_real_config.py -k "chimera and end_to_end" -p no:randomly -q -s -rs "$@"
 real_config=$?
-echo "gpu_check: tests/test_cuda.py exit $cuda_tests, real-config smoke on cuda exit $real_config, $((SECONDS - start)) s"
-[ "$cuda_tests" -eq 0 ] && [ "$real_config" -eq 0 ]
+# 3. what every method's real configuration costs on this GPU, fp32 and bf16: commit the JSON, put the table in the README
+gpu=$("$PY" -c "import torch, re; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name(0)).strip('-').lower())")
+mkdir -p results/speed
+"$PY" -m zss_bench.cli speed --device cuda --out "results/speed/$gpu.json"
+speed=$?
+echo "gpu_check: tests/test_cuda.py exit $cuda_tests, real-config smoke on cuda exit $real_config, speed exit $speed" \
+     "(results/speed/$gpu.json), $((SECONDS - start)) s"
+[ "$cuda_tests" -eq 0 ] && [ "$real_config" -eq 0 ] && [ "$speed" -eq 0 ]
