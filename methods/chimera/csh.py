@@ -86,13 +86,12 @@ class CLIPSemanticHead(nn.Module):
             std = std.clamp_min(1e-4)
         else:
             mean, std = tokens.mean(0), tokens.std(0).clamp_min(1e-4)
-        if not bool(self.stats_ready):
-            self.entry_mean.copy_(mean)
-            self.entry_std.copy_(std)
-            self.stats_ready.fill_(True)
-        else:
-            self.entry_mean.lerp_(mean, self.momentum)
-            self.entry_std.lerp_(std, self.momentum)
+        # the first step takes the statistics as they are, later ones an EMA step: chosen on the device by
+        # ``stats_ready`` (no host read of the flag), both values those of copy_ / lerp_ bit for bit
+        ready = self.stats_ready
+        self.entry_mean.copy_(torch.where(ready, torch.lerp(self.entry_mean, mean, self.momentum), mean))
+        self.entry_std.copy_(torch.where(ready, torch.lerp(self.entry_std, std, self.momentum), std))
+        self.stats_ready.fill_(True)
 
     def entry_tokens(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) body features -> (B, h*w, width) tokens shaped like CLIP's entry tokens."""

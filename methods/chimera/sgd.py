@@ -26,11 +26,16 @@ def keep_fraction(schedule: str, progress: float, start: float, end: float, mile
 
 def selective_global_distillation(z: torch.Tensor, cls: torch.Tensor, fraction: float, *, loss: str = "cosine",
                                   pool: str = "mean", temperature: float = 0.07,
-                                  valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                                  valid: torch.Tensor | None = None, valid_count: int | None = None
+                                  ) -> tuple[torch.Tensor, dict]:
     """z (B, D, h, w) dense joint-space features, cls (B, D) teacher CLS -> (loss, stats).
 
     Per image: cosine similarity of every position to its CLS; keep the top ``fraction``;
     pool them (mean, or softmax-weighted by similarity) into one vector; pull it to the CLS.
+    ``valid`` (B, h, w) restricts each image to its positions; the top-k count comes from the fewest valid
+    positions of an image, ``valid_count`` when the caller knows it on the host (no device read).
+    stats: ``sgd_k`` (a Python float) and ``sgd_top_sim`` (a detached 0-dim tensor: reading it is the
+    caller's choice, since it waits for the device).
     """
     b, d, h, w = z.shape
     zf = F.normalize(z.flatten(2).transpose(1, 2), dim=-1)  # (B, hw, D)
@@ -38,7 +43,10 @@ def selective_global_distillation(z: torch.Tensor, cls: torch.Tensor, fraction: 
     sim = torch.einsum("bnd,bd->bn", zf, target)
     if valid is not None:
         sim = sim.masked_fill(~valid.flatten(1), float("-inf"))
-    n = h * w if valid is None else int(valid.flatten(1).sum(1).min())
+    if valid is None:
+        n = h * w
+    else:
+        n = int(valid.flatten(1).sum(1).min()) if valid_count is None else int(valid_count)
     k = max(1, int(round(fraction * n)))
     top_sim, top_idx = sim.topk(k, dim=1)
     picked = torch.gather(zf, 1, top_idx.unsqueeze(-1).expand(-1, -1, d))
@@ -57,4 +65,4 @@ def selective_global_distillation(z: torch.Tensor, cls: torch.Tensor, fraction: 
         value = F.cross_entropy(logits, torch.arange(b, device=z.device))
     else:
         raise ValueError(f"unknown MODEL.CHIMERA.SGD.LOSS '{loss}' (cosine | l1 | infonce)")
-    return value, {"sgd_k": float(k), "sgd_top_sim": float(top_sim.mean().detach())}
+    return value, {"sgd_k": float(k), "sgd_top_sim": top_sim.mean().detach()}

@@ -35,7 +35,12 @@ class ClsMemoryBank(nn.Module):
     Persistent buffers (a few hundred embeddings), so a resumed run continues with the same bank.
     In a multi-process run ``push`` is given the global batch (``gather_batch``), so every rank
     enqueues every rank's entries in the same order and the banks stay identical (the bank of one
-    process given the global batch)."""
+    process given the global batch).
+
+    No host read per step: the write position advances on the device, and the fill level (which decides
+    the negatives' number, a shape) is also kept on the host by ``push``. That host copy is trusted only while
+    the ``filled`` buffer is the same tensor at the same version; a checkpoint load or any other write to it
+    makes the next use read it once from the buffer (``filled`` stays the truth that checkpoints hold)."""
 
     def __init__(self, size: int, dim: int):
         super().__init__()
@@ -44,9 +49,29 @@ class ClsMemoryBank(nn.Module):
         self.register_buffer("bank", torch.zeros(size, dim))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self._remember_filled(0)
+
+    def _remember_filled(self, value: int) -> None:
+        self._filled_host = (self.filled, self.filled._version, value)
+
+    def _filled(self) -> int:
+        """int(self.filled), from the host copy while it is current (no device read)."""
+        tensor, version, value = self._filled_host
+        if tensor is not self.filled or version != self.filled._version:
+            value = int(self.filled)  # the buffer changed behind push's back (loaded, overwritten): read it once
+            self._remember_filled(value)
+        return value
+
+    def _apply(self, fn, recurse=True):
+        tensor, version, value = self._filled_host
+        current = tensor is self.filled and version == self.filled._version
+        out = super()._apply(fn, recurse)
+        if current:  # moved or cast (.to, .cuda): the same count in a new tensor
+            self._remember_filled(value)
+        return out
 
     def negatives(self) -> torch.Tensor:
-        return self.bank[: int(self.filled)]
+        return self.bank[: self._filled()]
 
     @torch.no_grad()
     def push(self, cls: torch.Tensor) -> None:
@@ -54,10 +79,13 @@ class ClsMemoryBank(nn.Module):
         if size == 0:
             return
         cls = F.normalize(cls.detach().float(), dim=-1)[-size:]
-        idx = (int(self.pointer) + torch.arange(cls.shape[0])) % size
-        self.bank[idx.to(self.bank.device)] = cls.to(self.bank.dtype)
-        self.pointer.fill_((int(self.pointer) + cls.shape[0]) % size)
-        self.filled.fill_(min(size, int(self.filled) + cls.shape[0]))
+        n = cls.shape[0]
+        idx = (self.pointer + torch.arange(n, device=self.bank.device)) % size
+        self.bank[idx] = cls.to(self.bank.dtype)
+        self.pointer.copy_((self.pointer + n) % size)
+        filled = min(size, self._filled() + n)
+        self.filled.fill_(filled)
+        self._remember_filled(filled)
 
 
 def glm_infonce(pooled: torch.Tensor, cls: torch.Tensor, negatives: torch.Tensor, temperature: float,

@@ -16,7 +16,7 @@ from zss_bench.modeling.teacher import ClipTeacher
 from zss_bench.modeling.text import TextClassifier
 
 from .glm import ClsMemoryBank, attention_pool, gather_batch, glm_infonce
-from .plm import PrototypeSynthesizer, multiscale_regions, plm_bce, region_means
+from .plm import PrototypeSynthesizer, cluster_candidates, cluster_centroids, fuse_regions, plm_bce, region_means
 
 
 @META_ARCH_REGISTRY.register()
@@ -69,27 +69,59 @@ class ClipZSSSeg(ZSSSegmentor):
 
     def _plm_loss(self, z: torch.Tensor, tokens: torch.Tensor, cls: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Seen regions (from the labels) and unnamed pseudo regions (K-means on CLIP's tokens, unlabelled
-        pixels only) -> prototypes through the synthesizer -> BCE against [seen texts ; pseudo centroids]."""
+        pixels only) -> prototypes through the synthesizer -> BCE against [seen texts ; pseudo centroids].
+
+        Two host reads per step for the whole batch, whatever the number of images, scales and clusters: (1) each
+        image's seen labels and K-means cluster sizes, (2) the candidate regions' centroids and pixel counts. They
+        decide shapes (how many regions an image has) and the fusion of candidates, which is sequential (a
+        candidate is compared with the regions kept before it) and runs on the host; everything else stays on
+        the device. The regions, prototypes and loss are those of one image at a time, bit for bit."""
         c = self.cfg_c.PLM
         h, w = z.shape[-2:]
+        b_n, d = tokens.shape[:2]
         small = F.interpolate(targets[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
         clip_up = F.interpolate(tokens, size=(h, w), mode="bilinear", align_corners=False)
         num_seen = self.classifier.text.embeddings.shape[0]
+        unlabelled = small == self.ignore_value
+        # the seen labels of each image (training targets hold seen ids and the ignore label only, data.inductive)
+        present = torch.zeros(b_n, num_seen + 1, dtype=torch.bool, device=z.device)
+        present.scatter_(1, torch.where(unlabelled, num_seen, small).flatten(1), True)
+        xs = [tokens[b].reshape(d, -1).t() for b in range(b_n)]
+        scales = [cluster_candidates(x, c.SCALES, c.ITERS) for x in xs]
+        read = torch.cat([present[:, :num_seen].flatten().long(), *(s for sc in scales for _, _, s in sc)])
+        read = read.cpu().tolist()  # host read 1
+        labels = [[k for k in range(num_seen) if read[b * num_seen + k]] for b in range(b_n)]
+        start = b_n * num_seen
+        cands, up = [], []  # per image: [(assign, cluster, centroid)], the candidates at z's grid on unlabelled pixels
+        for b, x in enumerate(xs):
+            mine = []
+            for assign, k_n, _ in scales[b]:
+                mine += [(assign, j, cent) for j, cent in cluster_centroids(x, assign, read[start:start + k_n])]
+                start += k_n
+            grid = torch.stack([(a == j).view(tokens.shape[-2:]) for a, j, _ in mine])
+            up.append(F.interpolate(grid[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool() & unlabelled[b])
+            cands.append(mine)
+        counts = torch.cat([u.flatten(1).sum(1) for u in up]).float()  # pixel counts: exact in float32
+        read = torch.cat([torch.cat([torch.stack([cent for _, _, cent in m]) for m in cands]).flatten(), counts])
+        read = read.cpu()  # host read 2
+        sizes = [len(m) for m in cands]
+        cents_host = read[: sum(sizes) * d].view(-1, d).split(sizes)
+        # large enough: compared as a tensor, as a region's pixel count always was (in float32)
+        large = (read[sum(sizes) * d:] >= max(1.0, c.MIN_FRACTION * h * w)).split(sizes)
         protos, seen_targets, pseudo_protos, pseudo_cents = [], [], [], []
-        for b in range(z.shape[0]):
-            unlabelled = small[b] == self.ignore_value
-            labels = small[b][~unlabelled].unique()
-            seen_masks = torch.stack([small[b] == k for k in labels]) if len(labels) else small.new_zeros((0, h, w)).bool()
-            regions, _ = multiscale_regions(tokens[b], c.SCALES, c.ITERS, c.FUSE_THRESHOLD)
-            regions = F.interpolate(regions[:, None].float(), size=(h, w), mode="nearest")[:, 0].bool() & unlabelled
-            regions = regions[regions.flatten(1).sum(1) >= max(1.0, c.MIN_FRACTION * h * w)]
+        for b in range(b_n):
+            big = large[b].tolist()
+            keep = [i for i in fuse_regions(cents_host[b], c.FUSE_THRESHOLD) if big[i]]
+            regions = up[b][torch.as_tensor(keep, dtype=torch.long).to(z.device)]
+            lab = torch.as_tensor(labels[b], dtype=torch.long).to(z.device)
+            seen_masks = small[b][None] == lab[:, None, None]
             masks = torch.cat([seen_masks, regions])
             if masks.shape[0] == 0:
                 continue
             out = self.synthesizer(region_means(z[b], masks), F.normalize(cls[b], dim=-1))
-            protos.append(out[: len(labels)])
-            seen_targets.append(labels)
-            pseudo_protos.append(out[len(labels):])
+            protos.append(out[: len(lab)])
+            seen_targets.append(lab)
+            pseudo_protos.append(out[len(lab):])
             pseudo_cents.append(F.normalize(region_means(clip_up[b], regions), dim=-1))
         if not protos:
             return z.sum() * 0.0

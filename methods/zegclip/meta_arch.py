@@ -74,7 +74,11 @@ class ZegCLIPSeg(ZSSSegmentor):
         outputs = self._predict(images)
         num_seen = outputs[-1].shape[1]
         valid = (targets != self.ignore_value).flatten(1)
-        onehot = F.one_hot(targets.clamp(0, num_seen - 1), num_seen).permute(0, 3, 1, 2).flatten(2)
+        # (B, C, H*W) one-hot as bool, 1 byte per entry instead of F.one_hot's int64 8, by comparison (no host read
+        # of the targets' range); laid out pixel-major (a transposed view) like the permuted F.one_hot it replaces,
+        # so the losses' elementwise terms and sums run in the same order: the same values bit for bit
+        classes = torch.arange(num_seen, device=targets.device)
+        onehot = (targets.clamp(0, num_seen - 1).flatten(1)[:, :, None] == classes).transpose(1, 2)
         layers = outputs if z.DEEP_SUPERVISION else outputs[-1:]
         losses = {}
         for i, masks in enumerate(layers):

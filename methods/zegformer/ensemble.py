@@ -14,12 +14,13 @@ def geometric_ensemble(p_seg: torch.Tensor, p_clip: torch.Tensor, seen_ids, lam:
     likely "some seen class" is; ``"keep"`` (zsseg) uses them as they are."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"MODEL.ZEGFORMER.ENSEMBLE.LAMBDA must be in [0, 1], got {lam}")
-    seen = torch.zeros(p_seg.shape[-1], dtype=torch.bool, device=p_seg.device)
-    seen[list(seen_ids)] = True
+    ids = torch.as_tensor(sorted({int(i) for i in seen_ids}), dtype=torch.long).to(p_seg.device)
+    seen = torch.zeros(p_seg.shape[-1], dtype=torch.bool, device=p_seg.device).index_fill_(0, ids, True)
     clip = p_clip
-    if seen_clip == "mean":
-        clip = torch.where(seen, p_clip[..., seen].mean(-1, keepdim=True), p_clip)
+    if seen_clip == "mean":  # the seen columns by index, in order (not boolean indexing: no host read of their count)
+        seen_cols = p_clip.index_select(-1, ids)
+        clip = torch.where(seen, seen_cols.mean(-1, keepdim=True), p_clip)
     elif seen_clip != "keep":
         raise ValueError(f"unknown MODEL.ZEGFORMER.ENSEMBLE.SEEN_CLIP '{seen_clip}' (mean | keep)")
-    w_seg = torch.where(seen, torch.tensor(lam, dtype=p_seg.dtype), torch.tensor(1 - lam, dtype=p_seg.dtype))
+    w_seg = torch.full(seen.shape, 1 - lam, dtype=p_seg.dtype, device=p_seg.device).masked_fill_(seen, lam)
     return p_seg.clamp_min(eps) ** w_seg * clip.clamp_min(eps) ** (1 - w_seg)
