@@ -139,4 +139,8 @@ def build_train_loader(cfg, mapper, start_iter: int = 0) -> DataLoader:
     if total % world:
         raise ValueError(f"SOLVER.IMS_PER_BATCH {total} is not divisible by the {world} processes")
     stream = SeededTrainStream(dicts, mapper, total // world, cfg.SEED, comm.get_rank(), world, start_iter)
-    return DataLoader(stream, batch_size=None, num_workers=cfg.DATALOADER.NUM_WORKERS)
+    workers = int(cfg.DATALOADER.NUM_WORKERS)
+    # CUDA: batches in pinned memory, so the model's non_blocking copies overlap the previous step; workers stay
+    # alive across the stream's epochs (the stream is infinite; only a resume builds a second loader)
+    return DataLoader(stream, batch_size=None, num_workers=workers,
+                      pin_memory=str(cfg.MODEL.DEVICE).startswith("cuda"), persistent_workers=workers > 0)

@@ -118,12 +118,12 @@ class ZSSSegmentor(nn.Module):
 
     # --- detectron2 entry point ------------------------------------------------------------
     def forward(self, batched_inputs):
-        images = [x["image"].to(self.device) for x in batched_inputs]
+        images = [x["image"].to(self.device, non_blocking=True) for x in batched_inputs]  # pinned: overlaps
         images = [(x - self.pixel_mean) / self.pixel_std for x in images]
         images = ImageList.from_tensors(images, self.size_divisibility)
         batch = images.tensor.contiguous(memory_format=self.memory_format)
         if self.training:
-            targets = [x["sem_seg"].to(self.device) for x in batched_inputs]
+            targets = [x["sem_seg"].to(self.device, non_blocking=True) for x in batched_inputs]
             targets = ImageList.from_tensors(targets, self.size_divisibility, pad_value=self.ignore_value).tensor
             extra = {key: [x[key] for x in batched_inputs] for key in self.train_inputs}
             return self.train_losses(batch, targets.long(), **extra)
