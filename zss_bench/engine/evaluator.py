@@ -36,6 +36,9 @@ class ZSSEvaluator(DatasetEvaluator):
         self.save_predictions = save_predictions
         self.meta, self.results_dir, self.method, self.label = meta, results_dir, method, label
         self.num_classes, self.ignore_label = len(meta.stuff_classes), meta.ignore_label
+        import torch
+
+        self._pred_dtype = torch.uint8 if self.num_classes < 256 else torch.int32
         self._gt = {d["file_name"]: (d["sem_seg_file_name"], image_id_of(d)) for d in DatasetCatalog.get(dataset_name)}
         self.cm: ConfusionMatrix | None = None
         self.kept: list[KeptPrediction] = []
@@ -46,7 +49,8 @@ class ZSSEvaluator(DatasetEvaluator):
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
-            pred = out["sem_seg"].argmax(dim=0).to("cpu").numpy().astype(np.uint8 if self.num_classes < 256 else np.int32)
+            # cast on the device: 1 byte per pixel crosses to the host, not argmax's 8
+            pred = out["sem_seg"].argmax(dim=0).to(self._pred_dtype).cpu().numpy()
             gt_file, image_id = self._gt[inp["file_name"]]
             with Image.open(gt_file) as im:
                 gt = np.array(im)
