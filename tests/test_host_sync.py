@@ -38,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import zss_bench.detectron2_compat  # noqa: F401  (before any detectron2 import)
+from run_helpers import world_fixtures
 
 MICRO = "zss-micro-vit:random"
 
@@ -161,20 +162,7 @@ def test_the_counter_counts_device_reads_and_ignores_host_ones():
 
 # --------------------------------------------------------------------------------- one step per method
 
-@pytest.fixture(scope="module")
-def small_world(tmp_path_factory):
-    from zss_bench.data.synth import generate_world
-
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root, seed=3, size=32, n_train=4, n_val=2, progress=False)
-    return root
-
-
-@pytest.fixture
-def world(small_world, isolated_cache):
-    from run_helpers import prepare_synth
-
-    return prepare_synth(small_world)  # into this test's own cache
+small_world, world = world_fixtures(n_train=4, n_val=2, seed=3)  # ``world``: prepared into the test's own cache
 
 
 def _build(world, tmp_path, method, *opts):
