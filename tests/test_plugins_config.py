@@ -113,8 +113,7 @@ def test_missing_user_config_file_is_a_one_line_error_naming_it(tmp_path, capsys
     ("SOLVER:\n  MAX_ITER: abc\n", "for config key: SOLVER.MAX_ITER"),
     ("SOLVER: [\n", "while parsing"),
     # issue #25: a key nothing reads, set by a method config, is the file's error (a default restated is not)
-    ("CUDNN_BENCHMARK: True\n",
-     "CUDNN_BENCHMARK is not used by zss-bench run; detectron2 applies it in default_setup()"),
+    ("TEST:\n  EVAL_PERIOD: 100\n", "TEST.EVAL_PERIOD is not used by zss-bench run; the run evaluates once"),
     ("SOLVER:\n  GRAD_CLIP: 1.0\n", "SOLVER.GRAD_CLIP is not used by zss-bench run; gradient clipping is detectron2's"),
 ])
 def test_a_broken_user_config_file_is_a_one_line_error_naming_it(tmp_path, text, message):

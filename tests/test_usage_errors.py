@@ -110,18 +110,17 @@ CASES = {
     "ablate-method": ["ablate", "--method", "chimerra", "--protocol", "synth-15-5", "--grid", "SOLVER.MAX_ITER=1,2",
                       "--dry-run"],
     # issue #25: a key nothing reads is refused as fast as a typo (the same list as the real build)
-    "run-refused": ["run", "--method", "chimera", "--protocol", "synth-15-5", "CUDNN_BENCHMARK", "True"],
+    "run-refused": ["run", "--method", "chimera", "--protocol", "synth-15-5", "TEST.EVAL_PERIOD", "100"],
     "run-switched-off": ["run", "--method", "chimera", "--protocol", "synth-15-5", "SOLVER.MOMENTUM", "0.5"],
     "ablate-refused": ["ablate", "--method", "chimera", "--protocol", "synth-15-5", "--grid",
-                       "SOLVER.AMP.ENABLED=True,False", "--dry-run"],
+                       "SOLVER.REFERENCE_WORLD_SIZE=4,8", "--dry-run"],
 }
 EXPECTED = {"run-method": "did you mean 'chimera'", "run-key": "did you mean SOLVER.MAX_ITER?",
             "run-value": "SOLVER.BASE_LR expects float", "ablate-key": "did you mean SOLVER.MAX_ITER?",
             "ablate-method": "did you mean 'chimera'",
-            "run-refused": "CUDNN_BENCHMARK is not used by zss-bench run; detectron2 applies it in default_setup()",
+            "run-refused": "TEST.EVAL_PERIOD is not used by zss-bench run; the run evaluates once",
             "run-switched-off": "SOLVER.MOMENTUM is not used while SOLVER.OPTIMIZER is ADAMW",
-            "ablate-refused": "SOLVER.AMP.ENABLED is not used by zss-bench run; training always runs detectron2's "
-                              "SimpleTrainer in fp32"}
+            "ablate-refused": "SOLVER.REFERENCE_WORLD_SIZE is not used by zss-bench run; ZSSTrainer never rescales"}
 
 
 def test_usage_errors_never_import_torch(tmp_path):
