@@ -145,6 +145,12 @@ def configure_backends(cfg) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = allow
         torch.backends.cudnn.allow_tf32 = allow
         torch.backends.cudnn.benchmark = benchmark
+    return backend_state(cfg)
+
+
+def backend_state(cfg) -> dict:
+    """The TF32 and cuDNN autotuning switches in effect (None on the CPU, where they do not exist)."""
+    cuda = _device_type(cfg) == "cuda"
     return {"tf32": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else None,
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if cuda else None}
 
@@ -154,4 +160,4 @@ def precision_block(cfg, trained: bool) -> dict:
     return {"train": training_precision(cfg).name if trained else None,
             "eval": evaluation_precision(cfg).name,
             "channels_last": bool(cfg.MODEL.CHANNELS_LAST),
-            **configure_backends(cfg)}
+            **backend_state(cfg)}

@@ -146,26 +146,6 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-class _Meter:
-    """Peak memory of a block: CUDA's allocator peak, or the CPU process's resident high-water mark."""
-
-    def __init__(self, device: str):
-        from zss_bench.records.efficiency import PeakMemory
-
-        self.peak = PeakMemory(device)
-
-    def __enter__(self):
-        self.peak.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.peak.__exit__(*exc)
-
-    @property
-    def mb(self) -> float:
-        return round(self.peak.peak_mb, 1)
-
-
 def _build(plugin, protocol, data_root: Path, out: Path, device: str, clip: str, amp: bool, amp_dtype: str,
            size: int, opts: list[str], config_file: str | None, batch: int | None):
     from zss_bench.engine.config import build_run_config
@@ -190,6 +170,7 @@ def _train(cfg, model, plugin, protocol, size: int, steps: int, warmup: int, dev
 
     from zss_bench.engine.precision import build_step_trainer
     from zss_bench.engine.trainer import ZSSTrainer
+    from zss_bench.records.efficiency import PeakMemory
 
     gen = torch.Generator().manual_seed(0)
     batch = [training_sample(size, len(protocol.seen_ids), protocol.ignore_label, gen, plugin.train_mapper)
@@ -198,7 +179,7 @@ def _train(cfg, model, plugin, protocol, size: int, steps: int, warmup: int, dev
     optimizer = ZSSTrainer.build_optimizer(cfg, model)
     trainer = build_step_trainer(cfg, model, itertools.repeat(batch), optimizer)
     times = []
-    with EventStorage(0) as storage, _Meter(device) as meter:
+    with EventStorage(0) as storage, PeakMemory(device) as meter:
         for i in range(warmup + steps):
             storage.iter = trainer.iter = i
             _sync(device)
@@ -212,7 +193,7 @@ def _train(cfg, model, plugin, protocol, size: int, steps: int, warmup: int, dev
         raise FloatingPointError(f"training loss is not finite ({loss})")
     step = statistics.median(times)
     return {"batch": cfg.SOLVER.IMS_PER_BATCH, "train_step_s": round(step, 4),
-            "train_img_s": round(cfg.SOLVER.IMS_PER_BATCH / step, 2), "train_peak_mb": meter.mb,
+            "train_img_s": round(cfg.SOLVER.IMS_PER_BATCH / step, 2), "train_peak_mb": round(meter.peak_mb, 1),
             "final_loss": round(float(loss), 4)}
 
 
@@ -220,6 +201,7 @@ def _evaluate(cfg, model, protocol, size: int, images: int, warmup: int, device:
     import torch
 
     from zss_bench.engine.precision import evaluation_precision
+    from zss_bench.records.efficiency import PeakMemory
 
     h, w = size, size * 4 // 3
     gen = torch.Generator().manual_seed(1)
@@ -228,7 +210,7 @@ def _evaluate(cfg, model, protocol, size: int, images: int, warmup: int, device:
     model.eval()
     model.set_eval_classes(list(protocol.classes), list(protocol.seen_ids))
     times = []
-    with _Meter(device) as meter, torch.inference_mode(), evaluation_precision(cfg).autocast():
+    with PeakMemory(device) as meter, torch.inference_mode(), evaluation_precision(cfg).autocast():
         for i in range(warmup + images):
             _sync(device)
             t0 = time.perf_counter()
@@ -239,7 +221,7 @@ def _evaluate(cfg, model, protocol, size: int, images: int, warmup: int, device:
     if tuple(out.shape) != (h, w):
         raise RuntimeError(f"evaluation output has shape {tuple(out.shape)}, expected {(h, w)}")
     return {"eval_image": [h, w], "windows_per_image": windows_per_image(cfg, h, w),
-            "eval_img_s": round(len(times) / sum(times), 2), "eval_peak_mb": meter.mb}
+            "eval_img_s": round(len(times) / sum(times), 2), "eval_peak_mb": round(meter.peak_mb, 1)}
 
 
 def measure_method(method: str, *, amp: bool, protocol_name: str = PROTOCOL, clip: str = CLIP, device: str = "cpu",
